@@ -1,0 +1,34 @@
+# The two contract commands: `make demo` and `make test`. Both set everything up on a fresh machine.
+SHELL := /bin/bash
+UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+IMAGE ?= imgcls:latest
+BASE_IMAGE ?= debian:bookworm-slim
+EXTRA_CA_BUNDLE ?=
+BAKE_WEIGHTS ?= 1
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo image bench clean
+
+$(UV):
+	python3 -m pip install --user --quiet uv
+
+# Python env from the lock, plus a Java runtime for the model server.
+setup: $(UV)
+	@command -v java >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless; }
+	$(UV) sync --frozen
+
+test: setup
+	$(UV) run pytest $(PYTEST_ARGS)
+
+demo: setup
+	$(UV) run bash scripts/demo.sh
+
+image:
+	bash scripts/build_image.sh "$(IMAGE)" "$(BASE_IMAGE)" "$(EXTRA_CA_BUNDLE)" "$(BAKE_WEIGHTS)"
+
+bench: setup
+	$(UV) run python bench/train_throughput.py
+	$(UV) run python bench/serve_latency.py
+
+clean:
+	rm -rf demo_out .pytest_cache

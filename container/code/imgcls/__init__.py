@@ -1,0 +1,1 @@
+"""Image classification by transfer learning, packaged for SageMaker."""

@@ -1,0 +1,69 @@
+"""The model directory contract shared by training (writer) and serving (reader).
+
+    model.pt           state_dict of the whole network (torch.load(..., weights_only=True))
+    labels.json        {"0": "Affenpinscher", ...}: output index -> class name
+    model_config.json  backbone, image size, normalisation, number of classes, final metrics
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .models import build_model
+
+WEIGHTS_FILE = "model.pt"
+LABELS_FILE = "labels.json"
+CONFIG_FILE = "model_config.json"
+FORMAT_VERSION = 1
+
+
+def atomic_write_bytes(path: Path, writer) -> None:
+    """Write through a temp file in the same folder, fsync, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            writer(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
+
+
+def save_model_dir(model_dir: str | Path, model: nn.Module, class_names: list[str], config: dict) -> None:
+    model_dir = Path(model_dir)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_bytes(model_dir / WEIGHTS_FILE, lambda f: torch.save(state, f))
+    atomic_write_json(model_dir / LABELS_FILE, {str(i): n for i, n in enumerate(class_names)})
+    atomic_write_json(model_dir / CONFIG_FILE, {"format_version": FORMAT_VERSION, **config, "num_classes": len(class_names)})
+
+
+def read_model_config(model_dir: str | Path) -> tuple[dict, list[str]]:
+    model_dir = Path(model_dir)
+    config = json.loads((model_dir / CONFIG_FILE).read_text())
+    labels = json.loads((model_dir / LABELS_FILE).read_text())
+    class_names = [labels[str(i)] for i in range(len(labels))]
+    if len(class_names) != config["num_classes"]:
+        raise ValueError(f"{LABELS_FILE} has {len(class_names)} classes, {CONFIG_FILE} says {config['num_classes']}")
+    return config, class_names
+
+
+def load_model_dir(model_dir: str | Path, map_location="cpu") -> tuple[nn.Module, list[str], dict]:
+    """Rebuild the trained network from a model directory; returns (model in eval mode, class names, config)."""
+    config, class_names = read_model_config(model_dir)
+    model = build_model(config["backbone"], config["num_classes"])
+    state = torch.load(Path(model_dir) / WEIGHTS_FILE, map_location=map_location, weights_only=True)
+    model.load_state_dict(state)
+    return model.eval(), class_names, config

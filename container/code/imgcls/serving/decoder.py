@@ -1,0 +1,186 @@
+"""Request bytes -> a batch of normalised image tensors, with every failure mapped to a 4xx error."""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image, ImageOps
+
+from . import content_types
+from .errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+
+# Pixels actually decoded (after JPEG draft reduction). 50 MP covers any camera photo that is not
+# a JPEG; a 12000x9000 JPEG is drafted to 1/8 first. PNG bombs declare their size in the header.
+DEFAULT_MAX_DECODED_PIXELS = 50_000_000
+MAX_IMAGES_PER_REQUEST = 64
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Serving transform = training's evaluation transform: resize shorter side, centre crop, normalise."""
+
+    resize_size: int
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    max_decoded_pixels: int = DEFAULT_MAX_DECODED_PIXELS
+
+    @classmethod
+    def from_model_config(cls, config: dict, max_decoded_pixels: int = DEFAULT_MAX_DECODED_PIXELS) -> "Preprocessing":
+        image_size = int(config["image_size"])
+        return cls(resize_size=int(config.get("resize_size", round(image_size * 256 / 224))),
+                   image_size=image_size, mean=tuple(config["mean"]), std=tuple(config["std"]),
+                   max_decoded_pixels=max_decoded_pixels)
+
+
+@dataclass
+class DecodedRequest:
+    batch: torch.Tensor           # N x 3 x H x W, float32, normalised
+    single: bool                  # one image sent as such (not a list): answer with one result, not a list
+    top_k: int | None = None      # from the JSON body
+
+
+def decode_image(data: bytes, prep: Preprocessing) -> Image.Image:
+    """Bytes of any PIL-readable still image -> upright 8-bit RGB, decoded no larger than needed."""
+    if not data:
+        raise BadRequestError("empty body: send the bytes of an image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.format == "JPEG":
+                # Decode at 1/2, 1/4 or 1/8 scale while still >= the resize target: the big win for photos.
+                image.draft("RGB", _draft_target(image.size, prep.resize_size))
+            width, height = image.size
+            if width * height > prep.max_decoded_pixels:
+                raise BadRequestError(f"image of {width}x{height} pixels is over the limit of {prep.max_decoded_pixels} pixels")
+            image.load()  # first frame of animated GIF/WebP and multi-page TIFF
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb(image)
+    except BadRequestError:
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise BadRequestError(f"image rejected as a decompression bomb: {exc}") from None
+    except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError, struct.error...) on bad bytes
+        raise BadRequestError(f"cannot decode image ({len(data)} bytes): {type(exc).__name__}: {exc}") from None
+
+
+def _draft_target(size: tuple[int, int], resize_size: int) -> tuple[int, int]:
+    """Requested draft size that keeps the shorter side >= resize_size (draft never goes below it)."""
+    width, height = size
+    scale = resize_size / min(width, height)
+    return max(1, int(width * scale)), max(1, int(height * scale))
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grayscale PNG: convert("RGB") would clip at 255; scale the full range down instead.
+        pixels = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if pixels.max(initial=0) > 255 else 255.0
+        image = Image.fromarray(np.clip(pixels * (255.0 / peak), 0, 255).astype(np.uint8), mode="L")
+    elif image.mode == "F":
+        pixels = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent areas become white, as most viewers show them, instead of their arbitrary colour.
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    return image.convert("RGB")  # L, P, CMYK, YCbCr, 1 ...
+
+
+def preprocess(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
+    image = TF.resize(image, prep.resize_size)
+    image = TF.center_crop(image, prep.image_size)
+    tensor = TF.pil_to_tensor(image).float().div_(255.0)
+    return TF.normalize(tensor, prep.mean, prep.std)
+
+
+def image_to_tensor(data: bytes, prep: Preprocessing) -> torch.Tensor:
+    return preprocess(decode_image(data, prep), prep)
+
+
+def decode_request(body: bytes | bytearray | None, content_type: str, prep: Preprocessing,
+                   max_payload_bytes: int | None = None) -> DecodedRequest:
+    body = bytes(body or b"")
+    if max_payload_bytes is not None and len(body) > max_payload_bytes:
+        raise PayloadTooLargeError(f"payload of {len(body)} bytes is over the limit of {max_payload_bytes} bytes")
+    kind = content_types.media_type(content_type)
+    if kind in content_types.IMAGE_TYPES:
+        return DecodedRequest(image_to_tensor(body, prep)[None], single=True)
+    if kind == content_types.JSON:
+        return _decode_json(body, prep)
+    if kind == content_types.NPY:
+        return DecodedRequest(_decode_npy(body, prep), single=False)
+    raise UnsupportedMediaTypeError(
+        f"Content-Type {content_type or '(none)'} is not supported; use one of {', '.join(content_types.REQUEST_TYPES)}")
+
+
+def _decode_json(body: bytes, prep: Preprocessing) -> DecodedRequest:
+    """{"image": "<base64>"} or {"images": ["<base64>", ...]}, with an optional "top_k"."""
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequestError(f"malformed JSON: {exc}") from None
+    if not isinstance(payload, dict) or ("image" in payload) == ("images" in payload):
+        raise BadRequestError('JSON body must be an object with either "image": "<base64>" or "images": ["<base64>", ...]')
+    single = "image" in payload
+    encoded = [payload["image"]] if single else payload["images"]
+    if not isinstance(encoded, list) or not encoded:
+        raise BadRequestError('"images" must be a non-empty list of base64 strings')
+    if len(encoded) > MAX_IMAGES_PER_REQUEST:
+        raise BadRequestError(f'"images" has {len(encoded)} entries; at most {MAX_IMAGES_PER_REQUEST} per request')
+    tensors = []
+    for position, item in enumerate(encoded):
+        where = "image" if single else f"images[{position}]"
+        if not isinstance(item, str):
+            raise BadRequestError(f"{where}: expected a base64 string, got {type(item).__name__}")
+        try:
+            data = base64.b64decode(item, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise BadRequestError(f"{where}: malformed base64: {exc}") from None
+        try:
+            tensors.append(image_to_tensor(data, prep))
+        except BadRequestError as exc:
+            raise BadRequestError(f"{where}: {exc.message}") from None
+    return DecodedRequest(torch.stack(tensors), single=single, top_k=parse_top_k(payload.get("top_k")))
+
+
+def _decode_npy(body: bytes, prep: Preprocessing) -> torch.Tensor:
+    """An already preprocessed float array, 3xHxW or Nx3xHxW; never unpickled."""
+    try:
+        array = np.load(io.BytesIO(body), allow_pickle=False)
+    except Exception as exc:  # numpy raises ValueError, EOFError, OSError... on bad headers
+        raise BadRequestError(f"cannot read .npy body: {type(exc).__name__}: {exc}") from None
+    if array.ndim == 3:
+        array = array[None]
+    expected = (3, prep.image_size, prep.image_size)
+    if array.ndim != 4 or tuple(array.shape[1:]) != expected or array.shape[0] == 0:
+        raise BadRequestError(f"npy array has shape {array.shape}; expected (N, {', '.join(map(str, expected))}) or {expected}")
+    if array.shape[0] > MAX_IMAGES_PER_REQUEST:
+        raise BadRequestError(f"npy batch of {array.shape[0]}; at most {MAX_IMAGES_PER_REQUEST} per request")
+    if not np.issubdtype(array.dtype, np.floating) or not np.isfinite(array).all():
+        raise BadRequestError(f"npy array must hold finite floats (got dtype {array.dtype})")
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+def parse_top_k(value) -> int | None:
+    """An int or a string of digits (custom attributes are text), at least 1; None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        top_k = value
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        top_k = int(value)
+    else:
+        raise BadRequestError(f"top_k must be a positive integer, got {value!r}")
+    if top_k < 1:
+        raise BadRequestError(f"top_k must be a positive integer, got {value!r}")
+    return top_k

@@ -1,0 +1,32 @@
+"""Builds the MMS plugin that replaces /ping with a real readiness check (java/ReadinessPing.java).
+
+MMS loads endpoint plugins with Java's ServiceLoader from its class path, and a plugin registered
+for "ping" takes precedence over the built-in handler, which answers 200 before any model is loaded.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("java") / "ReadinessPing.java"
+PLUGIN_CLASS = "imgcls.serving.ReadinessPing"
+SERVICE_FILE = "META-INF/services/software.amazon.ai.mms.servingsdk.ModelServerEndpoint"
+
+
+def build_plugin(mms_jar_glob: str, dest: Path, javac: str | None = None) -> Path | None:
+    """Compile the plugin into `dest` (a class-path folder); None when no JDK compiler is installed."""
+    javac = javac or shutil.which("javac")
+    if javac is None:
+        log.warning("javac not found: /ping falls back to MMS's own check, which answers 200 before the model is loaded")
+        return None
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run([javac, "--release", "11", "-nowarn", "-d", str(dest), "-cp", mms_jar_glob, str(SOURCE)],
+                   check=True, capture_output=True, text=True)
+    service = dest / SERVICE_FILE
+    service.parent.mkdir(parents=True, exist_ok=True)
+    service.write_text(PLUGIN_CLASS + "\n")
+    return dest

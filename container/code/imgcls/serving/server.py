@@ -1,0 +1,312 @@
+"""`serve`: start multi-model-server with our handler, readiness /ping and clean shutdown.
+
+Why not sagemaker_inference.model_server.start_model_server(): it writes /etc/sagemaker-mms.properties
+(needs root), pip-installs model/code/requirements.txt at every start (needs the network), puts
+worker sockets in the shared /tmp (/tmp/.mms.sock.9000, colliding between servers), lets /ping
+answer 200 before the model is loaded, and leaves orphaned workers and sockets on SIGTERM. Here
+everything a run writes lives in one private temporary folder that is removed on exit.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import mms
+import psutil
+
+from ..errors import UserError
+from . import readiness
+from .model_loading import resolve_model_dir
+
+log = logging.getLogger("imgcls.serve")
+
+HANDLER = "imgcls.serving.handler_service:handle"
+MODEL_NAME = "model"
+MMS_HOME = Path(mms.__file__).resolve().parent.parent
+MMS_JARS = str(MMS_HOME / "mms" / "frontend" / "*")
+PR_SET_CHILD_SUBREAPER = 36
+STOP_GRACE_SECONDS = 10
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else default
+
+
+def count_gpus() -> int:
+    """Through NVML, so the parent never initialises CUDA."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return pynvml.nvmlDeviceGetCount()
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no driver, no GPU, no library: a CPU host
+        return 0
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model_dir: Path
+    port: int
+    bind_host: str
+    multi_model: bool
+    workers: int
+    threads_per_worker: int
+    gpus: int
+    batch_size: int
+    max_batch_delay_ms: int
+    timeout_seconds: int
+    max_payload_mb: int
+    startup_timeout_seconds: int
+
+    @classmethod
+    def from_env(cls, model_dir: str | None, port: int | None) -> "ServerConfig":
+        env = os.environ
+        multi_model = env.get("SAGEMAKER_MULTI_MODEL", "false").lower() == "true"
+        base_dir = Path(env.get("SAGEMAKER_BASE_DIR", "/opt/ml"))
+        cpus = len(os.sched_getaffinity(0))
+        gpus = count_gpus()
+        # One worker per GPU. On CPU one worker per 4 cores: the intra-op threads of one process scale
+        # well up to about 4, and MMS batching keeps a single worker busy under concurrent load.
+        default_workers = gpus or max(1, cpus // 4)
+        workers = _env_int("SAGEMAKER_MODEL_SERVER_WORKERS", default_workers)
+        return cls(
+            model_dir=Path(model_dir) if model_dir else base_dir / ("models" if multi_model else "model"),
+            port=port or _env_int("SAGEMAKER_BIND_TO_PORT", 8080),
+            bind_host=env.get("IMGCLS_BIND_HOST", "0.0.0.0"),
+            multi_model=multi_model,
+            workers=workers,
+            threads_per_worker=_env_int("IMGCLS_TORCH_THREADS", max(1, cpus // workers)),
+            gpus=gpus,
+            batch_size=_env_int("IMGCLS_BATCH_SIZE", 8),
+            max_batch_delay_ms=_env_int("IMGCLS_MAX_BATCH_DELAY_MS", 5),
+            timeout_seconds=_env_int("SAGEMAKER_MODEL_SERVER_TIMEOUT", 60),
+            max_payload_mb=_env_int("SAGEMAKER_MAX_PAYLOAD_IN_MB", 6),
+            startup_timeout_seconds=_env_int("SAGEMAKER_STARTUP_TIMEOUT", 600),
+        )
+
+
+def _free_local_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def mms_properties(config: ServerConfig, management_port: int) -> str:
+    inference = f"http://{config.bind_host}:{config.port}"
+    # Multi-model endpoints: SageMaker loads models through the management API on the serving port.
+    management = inference if config.multi_model else f"http://127.0.0.1:{management_port}"
+    properties = {
+        "inference_address": inference,
+        "management_address": management,
+        "model_store": "/",
+        "default_service_handler": HANDLER,
+        "default_workers_per_model": config.workers,
+        "number_of_gpu": config.gpus,
+        "default_response_timeout": config.timeout_seconds,
+        "max_request_size": config.max_payload_mb * 1024 * 1024,
+        "max_response_size": config.max_payload_mb * 1024 * 1024,
+        "decode_input_request": "false",
+        "enable_envvars_config": "false",
+        "async_logging": "true",
+    }
+    return "".join(f"{key}={value}\n" for key, value in properties.items())
+
+
+LOG4J_CONFIG = """<?xml version="1.0" encoding="UTF-8"?>
+<Configuration>
+  <Appenders>
+    <Console name="STDOUT" target="SYSTEM_OUT"><PatternLayout pattern="%d{ISO8601} [%-5p] %c - %m%n"/></Console>
+  </Appenders>
+  <Loggers>
+    <Logger name="io.netty" level="error"/>
+    <Logger name="org.apache" level="off"/>
+    <Logger name="ACCESS_LOG" level="warn"/>
+    <Logger name="MODEL_METRICS" level="off"/>
+    <Logger name="MMS_METRICS" level="off"/>
+    <Logger name="MODEL_LOG" level="info"/>
+    <Root level="info"><AppenderRef ref="STDOUT"/></Root>
+  </Loggers>
+</Configuration>
+"""
+
+
+class ModelServer:
+    """One MMS frontend (Java) and its Python workers, all started and stopped by this object."""
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        # java.io.tmpdir of the frontend: the worker sockets (.mms.sock.<port>) land here, not in /tmp.
+        self.run_dir = Path(tempfile.mkdtemp(prefix="imgcls-serve-"))
+        self.management_port = _free_local_port()
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        config = self.config
+        model_dir = None
+        if not config.multi_model:
+            model_dir = resolve_model_dir(config.model_dir, self.run_dir / "model").resolve()
+        elif not config.model_dir.is_dir():
+            raise UserError(f"multi-model endpoint: model folder {config.model_dir} does not exist")
+        plugin_dir = readiness.build_plugin(MMS_JARS, self.run_dir / "plugin")
+        (self.run_dir / "mms.properties").write_text(mms_properties(config, self.management_port))
+        (self.run_dir / "log4j2.xml").write_text(LOG4J_CONFIG)
+        java = str(Path(os.environ["JAVA_HOME"]) / "bin" / "java") if os.environ.get("JAVA_HOME") else shutil.which("java")
+        if java is None:
+            raise UserError("java not found: multi-model-server needs a Java runtime (set JAVA_HOME or put java on PATH)")
+        class_path = ":".join([MMS_JARS, *([str(plugin_dir)] if plugin_dir else [])])
+        command = [java, f"-Dmodel_server_home={MMS_HOME}", f"-Djava.io.tmpdir={self.run_dir}",
+                   f"-Dlog4j.configurationFile=file://{self.run_dir / 'log4j2.xml'}",
+                   f"-Dimgcls.multiModel={str(config.multi_model).lower()}",
+                   *os.environ.get("SAGEMAKER_MODEL_SERVER_VMARGS", "").split(),
+                   "-cp", class_path, "com.amazonaws.ml.mms.ModelServer",
+                   "--python", sys.executable, "-f", str(self.run_dir / "mms.properties"), "-s", "/"]
+        worker_env = {**os.environ, "IMGCLS_TORCH_THREADS": str(config.threads_per_worker),
+                      "OMP_NUM_THREADS": str(config.threads_per_worker),
+                      "SAGEMAKER_MAX_PAYLOAD_IN_MB": str(config.max_payload_mb)}
+        log.info("starting MMS on %s:%d with %d worker(s) x %d thread(s), %d GPU(s), batch %d / %d ms; run dir %s",
+                 config.bind_host, config.port, config.workers, config.threads_per_worker, config.gpus,
+                 config.batch_size, config.max_batch_delay_ms, self.run_dir)
+        self.process = subprocess.Popen(command, env=worker_env, cwd=self.run_dir)
+        if model_dir is not None:
+            self._register(model_dir)
+
+    def _management_call(self, method: str, path: str) -> tuple[int, str]:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.management_port}{path}", method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=self.config.timeout_seconds) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode(errors="replace")
+
+    def _register(self, model_dir: Path) -> None:
+        """Register through the management API: the only way MMS 1.1 takes a batch size and delay."""
+        deadline = time.monotonic() + self.config.startup_timeout_seconds
+        while True:
+            self._raise_if_exited()
+            try:
+                self._management_call("GET", "/models")
+                break
+            except (urllib.error.URLError, ConnectionError):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"MMS management API not up after {self.config.startup_timeout_seconds} s")
+                time.sleep(0.2)
+        query = urllib.parse.urlencode({
+            "url": str(model_dir), "model_name": MODEL_NAME, "handler": HANDLER, "runtime": "python3",
+            "batch_size": self.config.batch_size, "max_batch_delay": self.config.max_batch_delay_ms,
+            "initial_workers": self.config.workers, "synchronous": "false",
+            "response_timeout": self.config.timeout_seconds})
+        status, body = self._management_call("POST", f"/models?{query}")
+        if status >= 300:
+            raise UserError(f"MMS refused the model {model_dir}: {status} {body}")
+
+    def _raise_if_exited(self) -> None:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"MMS exited during start-up with code {self.process.returncode}")
+
+    def wait_until_ready(self) -> None:
+        deadline = time.monotonic() + self.config.startup_timeout_seconds
+        url = f"http://127.0.0.1:{self.config.port}/ping"
+        while time.monotonic() < deadline:
+            self._raise_if_exited()
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.25)
+        raise TimeoutError(f"model not ready after SAGEMAKER_STARTUP_TIMEOUT={self.config.startup_timeout_seconds} s")
+
+    def stop(self) -> None:
+        """SIGTERM the frontend and every descendant, SIGKILL what is left after the grace period, remove the run dir."""
+        me = psutil.Process()
+        # As a child subreaper we also see workers whose parent died: they were reparented to us.
+        processes = me.children(recursive=True)
+        for process in processes:
+            try:
+                process.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(processes, timeout=STOP_GRACE_SECONDS)
+        for process in alive:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def _become_subreaper() -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)
+    except (OSError, AttributeError):  # not Linux: orphans go to init as usual
+        pass
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signo, frame):
+    raise _Stop(signal.Signals(signo).name)
+
+
+def run(model_dir: str | None, port: int | None) -> int:
+    """Serve until SIGTERM/SIGINT (exit 0) or until MMS dies (its exit code). Returns the exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(levelname)s] %(name)s - %(message)s")
+    _become_subreaper()
+    config = ServerConfig.from_env(model_dir, port)
+    server = ModelServer(config)
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        started = time.monotonic()
+        server.start()
+        server.wait_until_ready()
+        log.info("ready after %.1f s: http://%s:%d/ping", time.monotonic() - started, config.bind_host, config.port)
+        code = server.process.wait()
+        log.error("MMS exited with code %d", code)
+        return code or 1
+    except _Stop as stop:
+        log.info("%s received: stopping", stop)
+        return 0
+    except (UserError, TimeoutError, RuntimeError) as exc:
+        log.error("serve failed: %s", exc)
+        return 1
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)  # a second signal must not interrupt the clean-up
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="serve", description="Serve the trained model on SageMaker's /ping and /invocations.")
+    parser.add_argument("--model-dir", help="model folder or model.tar.gz (default: $SAGEMAKER_BASE_DIR/model, /opt/ml/model)")
+    parser.add_argument("--port", type=int, help="default: $SAGEMAKER_BIND_TO_PORT or 8080")
+    args = parser.parse_args(argv)
+    sys.exit(run(args.model_dir, args.port))
+
+
+if __name__ == "__main__":
+    main()

@@ -28,6 +28,7 @@ def atomic_write_bytes(path: Path, writer) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; artifacts must be readable by the serving user
         with os.fdopen(fd, "wb") as f:
             writer(f)
             f.flush()

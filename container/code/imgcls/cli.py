@@ -1,0 +1,100 @@
+"""`imgcls`: the same training and serving as the image, from the command line."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import launch
+from .errors import UserError
+from .hyperparams import describe, parse_hyperparameters
+
+log = logging.getLogger("imgcls")
+
+
+def _train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a classifier on a folder-per-class dataset",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="folder with train/valid/test sub-folders, or one folder-per-class set")
+    p.add_argument("--valid", type=Path, help="validation folder, when not inside --data")
+    p.add_argument("--test", type=Path, help="test folder, when not inside --data")
+    p.add_argument("--pretrained", type=Path, help="folder holding a pretrained .pth (like the 'pretrained' channel)")
+    p.add_argument("--model-dir", type=Path, required=True)
+    p.add_argument("--output-dir", type=Path, default=Path("output"), help="reports, TensorBoard, failure file")
+    p.add_argument("--nproc-per-node", type=int, default=1, help="processes (GPUs) to train with, via torchrun and DDP")
+    hps = p.add_argument_group("hyperparameters (same names as SageMaker hyperparameters)")
+    for name, default, choices, help_text in describe():
+        hps.add_argument(f"--{name}", dest=f"hp_{name}", metavar="V", default=None,
+                         help=f"{help_text} [default {default or 'auto'}{'; ' + choices if choices else ''}]")
+
+
+def _serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="serve a trained model directory or model.tar.gz over HTTP (SageMaker contract)")
+    p.add_argument("--model-dir", type=str, default=None, help="default: /opt/ml/model")
+    p.add_argument("--port", type=int, default=None, help="default: SAGEMAKER_BIND_TO_PORT or 8080")
+
+
+def _sample_parser(sub) -> None:
+    p = sub.add_parser("make-sample", help="write a small learnable dataset in the dogImages layout")
+    p.add_argument("dest", type=Path)
+    p.add_argument("--classes", type=int, default=4)
+    p.add_argument("--per-class", type=int, nargs=3, default=(24, 6, 6), metavar=("TRAIN", "VALID", "TEST"))
+    p.add_argument("--image-size", type=int, default=96)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .failure import failure_reason, write_failure
+    raw = {k[3:]: v for k, v in vars(args).items() if k.startswith("hp_") and v is not None}
+    try:
+        hp = parse_hyperparameters(raw)
+        if args.nproc_per_node > 1 and not launch.is_worker():
+            argv = [a for a in sys.argv[1:]]
+            cmd = launch.torchrun_command(["imgcls", *argv], hosts=[], current_host="", nproc_per_node=args.nproc_per_node)
+            return launch.run_torchrun(cmd, launch.distributed_env(None))
+        from .train import JobPaths, train
+        channels = {"train": args.data}
+        if args.valid:
+            channels["valid"] = args.valid
+        if args.test:
+            channels["test"] = args.test
+        if args.pretrained:
+            channels["pretrained"] = args.pretrained
+        out = args.output_dir
+        paths = JobPaths(model_dir=args.model_dir, output_data_dir=out / "data", checkpoint_dir=Path(hp.checkpoint_dir or out / "checkpoints"),
+                         tensorboard_dir=out / "tensorboard", channels=channels)
+        train(hp, paths)
+        return 0
+    except Exception as exc:
+        reason = failure_reason(exc)
+        write_failure(args.output_dir, reason)
+        print(f"error: {reason}", file=sys.stderr)
+        return 2 if isinstance(exc, UserError) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .logs import configure_logging
+    from .download import add_download_arguments, run_download
+    parser = argparse.ArgumentParser(prog="imgcls", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+    _serve_parser(sub)
+    add_download_arguments(sub.add_parser("download-data", help="download and unpack the public dogImages.zip"))
+    _sample_parser(sub)
+    args = parser.parse_args(argv)
+    configure_logging()
+    if args.command == "train":
+        return run_train(args)
+    if args.command == "serve":
+        from .serving.server import run
+        run(args.model_dir, args.port)
+        return 0
+    if args.command == "make-sample":
+        from .sample_data import make_sample_dataset
+        print(make_sample_dataset(args.dest, args.classes, tuple(args.per_class), args.image_size))
+        return 0
+    try:
+        return run_download(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

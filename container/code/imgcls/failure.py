@@ -1,0 +1,38 @@
+"""One-line failure reasons for SageMaker's output/failure (its first 1024 characters become FailureReason)."""
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+MAX_REASON = 1024
+
+
+def failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, UserError):
+        reason = str(exc)
+    elif isinstance(exc, torch.OutOfMemoryError):
+        reason = "out of GPU memory: lower batch-size or image-size, or use a larger instance"
+    elif isinstance(exc, MemoryError):
+        reason = "out of host memory: lower batch-size or workers"
+    else:
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+        reason = f"unexpected {type(exc).__name__}: {exc}{where}"
+    line = " ".join(reason.split())  # one line
+    return line[:MAX_REASON]
+
+
+def write_failure(output_dir: str | Path, reason: str) -> Path:
+    """Write `failure` unless an earlier, more precise reason is already there (e.g. from another rank)."""
+    path = Path(output_dir) / "failure"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(path, "x") as f:
+            f.write(reason)
+    except FileExistsError:
+        pass
+    return path

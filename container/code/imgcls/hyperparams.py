@@ -1,0 +1,141 @@
+"""Hyperparameters: one table of names, types, defaults and ranges, shared by the CLI, SageMaker and the tuner.
+
+Names are stable: users' scripts and tuning jobs depend on them. The same name is a CLI flag
+(`--batch-size`) and a SageMaker hyperparameter (`batch-size`); `batch_size` is accepted too.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .errors import UserError
+from .models import BACKBONES
+
+
+def _hp(default, help: str, *, low=None, high=None, choices=None, kind=None):
+    return field(default=default, metadata={"help": help, "low": low, "high": high, "choices": choices, "kind": kind})
+
+
+@dataclass(frozen=True)
+class HyperParameters:
+    epochs: int = _hp(10, "passes over the training set", low=1, high=1000)
+    batch_size: int = _hp(32, "images per step on each device", low=1, high=4096)
+    lr: float = _hp(1e-3, "peak learning rate of the backbone", low=1e-7, high=10.0)
+    head_lr: float | None = _hp(None, "peak learning rate of the new classifier head (default: 10 x lr with pretrained weights, lr from scratch)", low=1e-7, high=10.0, kind=float)
+    optimizer: str = _hp("adamw", "optimizer", choices=("adamw", "sgd"))
+    momentum: float = _hp(0.9, "SGD momentum", low=0.0, high=0.999)
+    weight_decay: float = _hp(0.05, "decoupled weight decay (not applied to norms and biases)", low=0.0, high=1.0)
+    scheduler: str = _hp("cosine", "learning-rate schedule after warmup", choices=("cosine", "onecycle", "constant"))
+    warmup_epochs: float = _hp(1.0, "linear warmup length in epochs", low=0.0, high=100.0)
+    label_smoothing: float = _hp(0.1, "label smoothing of the cross-entropy loss", low=0.0, high=0.5)
+    early_stopping_patience: int = _hp(5, "stop after this many epochs without a better validation loss (0: off)", low=0, high=1000)
+    backbone: str = _hp("resnet50", "network architecture", choices=tuple(BACKBONES))
+    weights: str = _hp("imagenet", "initial weights: imagenet, none, or a path to a .pth state_dict", kind="weights")
+    allow_download: bool = _hp(True, "download ImageNet weights when they are neither in a channel nor baked into the image")
+    finetune: str = _hp("all", "what to train: head, all, or N (the head plus the last N backbone stages)", kind="finetune")
+    image_size: int = _hp(224, "square input side in pixels", low=32, high=1024)
+    valid_fraction: float = _hp(0.1, "share of train carved out (stratified) when no validation split is given", low=0.01, high=0.5)
+    amp: str = _hp("auto", "mixed precision: auto (bf16 where supported, else fp16 on GPU), bf16, fp16 or off", choices=("auto", "bf16", "fp16", "off"))
+    channels_last: bool = _hp(True, "channels_last memory format (with AMP)")
+    workers: int | None = _hp(None, "DataLoader worker processes per device (default: the CPUs shared out)", low=0, high=128, kind=int)
+    seed: int = _hp(42, "random seed for weights, split, order and augmentation", low=0, high=2**31 - 1)
+    deterministic: bool = _hp(False, "deterministic kernels (slower); results then repeat bit for bit")
+    checkpoint_dir: str | None = _hp(None, "where to checkpoint every epoch and on SIGTERM (default: /opt/ml/checkpoints)", kind=str)
+    log_interval: int = _hp(20, "steps between progress lines in logs", low=1, high=100000)
+    max_steps_per_epoch: int = _hp(0, "cap on steps per epoch, for smoke tests and profiling (0: no cap)", low=0, high=10**9)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {hp_name(f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+# Names users of the earlier notebooks pass.
+ALIASES = {"learning_rate": "lr", "learning-rate": "lr", "num_epochs": "epochs", "num-epochs": "epochs"}
+FIELDS = {f.name: f for f in dataclasses.fields(HyperParameters)}
+
+
+def hp_name(field_name: str) -> str:
+    return field_name.replace("_", "-")
+
+
+def _canonical(name: str) -> str:
+    name = ALIASES.get(name, name)
+    return name.replace("-", "_")
+
+
+def _coerce(name: str, f: dataclasses.Field, value: Any) -> Any:
+    meta = f.metadata
+    kind = meta["kind"] or type(f.default)
+    shown = hp_name(name)
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null", "auto") and f.default is None):
+        return None
+    if kind == "weights":
+        value = str(value).strip()
+        return value.lower() if value.lower() in ("imagenet", "none") else value
+    if kind == "finetune":
+        value = str(value).strip().lower()
+        if value in ("head", "all"):
+            return value
+        if value.lstrip("-").isdigit() and int(value) >= 0:
+            return value
+        raise UserError(f"hyperparameter {shown}: expected head, all or a number of stages, got {value!r}")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+        raise UserError(f"hyperparameter {shown}: expected true or false, got {value!r}")
+    try:
+        if kind is int:
+            number = float(value) if not isinstance(value, bool) else None
+            if number is None or number != int(number):
+                raise ValueError
+            value = int(number)
+        elif kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            value = float(value)
+        else:
+            value = str(value).strip()
+    except (TypeError, ValueError):
+        raise UserError(f"hyperparameter {shown}: expected {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+    if meta["choices"] and value not in meta["choices"]:
+        raise UserError(f"hyperparameter {shown}: {value!r} is not one of {', '.join(meta['choices'])}")
+    if meta["low"] is not None and not (meta["low"] <= value <= meta["high"]):
+        raise UserError(f"hyperparameter {shown}: {value} is out of range [{meta['low']}, {meta['high']}]")
+    return value
+
+
+def parse_hyperparameters(raw: Mapping[str, Any]) -> HyperParameters:
+    """Validate raw values (strings from hyperparameters.json, JSON values from SM_HPS, or CLI text)."""
+    values = {}
+    for name, value in raw.items():
+        if name.startswith(("sagemaker_", "_")):  # set by SageMaker and the tuner, not ours
+            continue
+        key = _canonical(name)
+        if key not in FIELDS:
+            known = [hp_name(n) for n in FIELDS]
+            close = difflib.get_close_matches(hp_name(key), known, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise UserError(f"hyperparameter {name}: unknown name; {hint}known names are {', '.join(known)}")
+        values[key] = _coerce(key, FIELDS[key], value)
+    return HyperParameters(**values)
+
+
+def describe() -> list[tuple[str, str, str, str]]:
+    """(name, default, range or choices, help) rows for the CLI help and the README."""
+    rows = []
+    for f in dataclasses.fields(HyperParameters):
+        m = f.metadata
+        if m["choices"]:
+            rng = " | ".join(m["choices"])
+        elif m["low"] is not None:
+            rng = f"[{m['low']}, {m['high']}]"
+        else:
+            rng = ""
+        rows.append((hp_name(f.name), "" if f.default is None else str(f.default).lower() if isinstance(f.default, bool) else str(f.default), rng, m["help"]))
+    return rows

@@ -1,0 +1,189 @@
+"""The real image, really run: metadata, tools, `train` on local_test/test_dir, `serve`, failures, SIGTERM."""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from docker_helpers import (DOCKER, TEST_DIR, container_logs, copy_test_dir, docker, free_port, image,  # noqa: F401
+                            make_writable_for_all, remove_container, run_args, default_hyperparameters,
+                            unique_name, wait_for_http)
+
+pytestmark = pytest.mark.docker
+
+MAX_IMAGE_BYTES = 8 * 10**9
+MODEL_FILES = ("model.pt", "labels.json", "model_config.json")
+
+
+def docker_train(image: str, ml_dir: Path, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`docker run IMAGE train` with ml_dir at /opt/ml; the hostname matches resourceconfig.json."""
+    name = unique_name("imgcls-train")
+    try:
+        return docker("run", "--rm", *run_args(name), "--hostname", "algo-1", "-v", f"{ml_dir}:/opt/ml", *extra,
+                      image, "train", check=False, timeout=timeout)
+    finally:
+        remove_container(name)
+
+
+def test_image_metadata(image):
+    info = json.loads(docker("image", "inspect", image).stdout)[0]
+    config = info["Config"]
+    labels = config["Labels"]
+    assert labels["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] == "true"
+    assert labels["com.amazonaws.sagemaker.capabilities.multi-models"] == "true"
+    assert labels["imgcls.build-inputs"]
+    env = dict(item.split("=", 1) for item in config["Env"])
+    assert env["PATH"].split(":")[0] == "/opt/venv/bin"
+    assert env["PYTHONUNBUFFERED"] == "1"
+    assert env["SAGEMAKER_TRAINING_MODULE"] == "imgcls.sagemaker_train:main"
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "all"
+    assert env["NVIDIA_DRIVER_CAPABILITIES"] == "compute,utility"
+    assert env["TORCH_HOME"] == "/opt/torch"
+    assert config["Entrypoint"][0] == "/usr/bin/tini"
+    assert info["Architecture"] == "amd64"
+    print(f"\n[image] {image}: {info['Size'] / 1e9:.2f} GB")
+    assert info["Size"] < MAX_IMAGE_BYTES, f"image is {info['Size'] / 1e9:.2f} GB, the goal is < 8 GB"
+
+
+def test_image_has_its_tools_and_no_build_leftovers(image):
+    script = r"""
+set -e
+for tool in train serve imgcls java javac python; do command -v "$tool" >/dev/null || { echo "missing $tool"; exit 1; }; done
+test "$(command -v train)" = /opt/venv/bin/train
+java -version 2>&1 | grep -q 'version "17'
+python -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version'
+python -c 'import torch, torchvision, smdebug, sagemaker_training, sagemaker_inference, mms, imgcls.sagemaker_train, imgcls.serving.server'
+for leftover in gcc cc uv pip; do if command -v "$leftover" >/dev/null; then echo "leftover $leftover"; exit 1; fi; done
+for cache in /root/.cache /root/.cache/uv /root/.cache/pip; do if [ -e "$cache" ]; then echo "leftover $cache"; exit 1; fi; done
+test ! -e /run/secrets/extra_ca
+echo tools-ok
+"""
+    proc = docker("run", "--rm", image, "bash", "-c", script, check=False)
+    assert proc.returncode == 0 and "tools-ok" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_entrypoint_without_command_prints_usage(image):
+    proc = docker("run", "--rm", image, check=False)
+    assert proc.returncode == 2
+    assert "usage: docker run IMAGE train | serve" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def trained_ml_dir(image, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """local_test/test_dir after `docker run IMAGE train` (as root, like SageMaker)."""
+    ml_dir = copy_test_dir(tmp_path_factory.mktemp("train-root") / "ml")
+    return ml_dir, docker_train(image, ml_dir)
+
+
+def test_train_produces_a_model(trained_ml_dir):
+    ml_dir, proc = trained_ml_dir
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in MODEL_FILES:
+        assert (ml_dir / "model" / name).stat().st_size > 0, f"model/{name} missing"
+    labels = json.loads((ml_dir / "model/labels.json").read_text())
+    class_folders = sorted(p.name for p in (TEST_DIR / "input/data/train/train").iterdir())
+    assert sorted(labels.values()) == sorted(name.split(".", 1)[1] for name in class_folders)
+    config = json.loads((ml_dir / "model/model_config.json").read_text())
+    assert config["backbone"] == "resnet18" and config["num_classes"] == len(class_folders)
+    assert (ml_dir / "output/success").exists()
+    assert not (ml_dir / "output/failure").exists()
+
+
+def test_train_runs_as_a_non_root_user(image, tmp_path):
+    ml_dir = copy_test_dir(tmp_path / "ml")
+    make_writable_for_all(ml_dir)
+    proc = docker_train(image, ml_dir, "--user", "imgcls")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    weights = ml_dir / "model/model.pt"
+    assert weights.exists() and weights.stat().st_uid == 1000
+
+
+@pytest.mark.parametrize("bad, hyperparameter", [
+    ({"learning-rat": "0.01"}, "learning-rat"),
+    ({"epochs": "-1"}, "epochs"),
+])
+def test_training_failure_leaves_a_precise_one_line_reason(image, tmp_path, bad, hyperparameter):
+    ml_dir = copy_test_dir(tmp_path / "ml", {**default_hyperparameters(), **bad})
+    proc = docker_train(image, ml_dir, timeout=300)
+    assert proc.returncode != 0
+    failure = (ml_dir / "output/failure").read_text()
+    assert failure.strip() and "\n" not in failure.strip(), f"not one line: {failure!r}"
+    assert len(failure) <= 1024
+    assert hyperparameter in failure, failure
+    assert "Traceback" not in failure and "ExecuteUserScriptError" not in failure
+    assert not (ml_dir / "model/model.pt").exists()
+
+
+def test_sigterm_stops_training_promptly_with_a_checkpoint(image, tmp_path):
+    ml_dir = copy_test_dir(tmp_path / "ml", {**default_hyperparameters(), "epochs": "1000", "early-stopping-patience": "0"})
+    name = unique_name("imgcls-train-stop")
+    docker("run", "-d", *run_args(name), "--hostname", "algo-1", "-v", f"{ml_dir}:/opt/ml", image, "train")
+    try:
+        # Stop mid-run: once an epoch has been checkpointed, so there is state worth keeping.
+        deadline = time.monotonic() + 240
+        while not any((ml_dir / "checkpoints").glob("*")):
+            assert time.monotonic() < deadline, "no checkpoint after 240 s:\n" + container_logs(name)
+            assert docker("inspect", "--format", "{{.State.Running}}", name).stdout.strip() == "true", container_logs(name)
+            time.sleep(1)
+        stopped_at = time.monotonic()
+        docker("kill", "--signal", "TERM", name)
+        docker("wait", name, timeout=60)
+        took = time.monotonic() - stopped_at
+        state = json.loads(docker("inspect", "--format", "{{json .State}}", name).stdout)
+        logs = container_logs(name)
+        print(f"\n[sigterm train] exit {state['ExitCode']} after {took:.1f} s")
+        assert took < 30, f"train took {took:.0f} s to stop after SIGTERM\n{logs}"
+        assert not state["OOMKilled"] and state["ExitCode"] != 137, logs
+        assert "SIGTERM" in logs, logs
+    finally:
+        remove_container(name)
+
+
+@pytest.fixture(scope="module")
+def serving_container(image, trained_ml_dir):
+    """`docker run IMAGE serve` on the model trained above, published on a free 127.0.0.1 port."""
+    ml_dir, proc = trained_ml_dir
+    assert proc.returncode == 0, "training failed; nothing to serve"
+    name, port = unique_name("imgcls-serve"), free_port()
+    docker("run", "-d", *run_args(name), "-p", f"127.0.0.1:{port}:8080",
+           "-v", f"{ml_dir / 'model'}:/opt/ml/model:ro", image, "serve")
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/ping", timeout=180, container=name)
+        yield name, port, ml_dir
+    finally:
+        remove_container(name)
+
+
+def test_serve_answers_ping_and_a_jpeg(serving_container):
+    name, port, ml_dir = serving_container
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
+        assert response.status == 200
+    jpeg = sorted((TEST_DIR / "input/data/train/test").rglob("*.jpg"))[0]
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=jpeg.read_bytes(), method="POST",
+                                     headers={"Content-Type": "image/jpeg", "Accept": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("application/json")
+        top_k = json.loads(response.read())
+    class_names = set(json.loads((ml_dir / "model/labels.json").read_text()).values())
+    assert 1 <= len(top_k) <= len(class_names)
+    assert {entry["label"] for entry in top_k} <= class_names
+    probabilities = [entry["probability"] for entry in top_k]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert 0 < sum(probabilities) <= 1 + 1e-5
+
+
+def test_sigterm_stops_serve_promptly_and_cleanly(serving_container):
+    name, _, _ = serving_container
+    stopped_at = time.monotonic()
+    docker("kill", "--signal", "TERM", name)
+    docker("wait", name, timeout=60)
+    took = time.monotonic() - stopped_at
+    exit_code = int(docker("inspect", "--format", "{{.State.ExitCode}}", name).stdout)
+    print(f"\n[sigterm serve] exit {exit_code} after {took:.1f} s")
+    assert exit_code == 0, container_logs(name)
+    assert took < 20, f"serve took {took:.0f} s to stop after SIGTERM"

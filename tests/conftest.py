@@ -36,6 +36,7 @@ def sample_dataset(tmp_path_factory) -> Path:
 def trained_model_dir(tmp_path_factory, sample_dataset) -> Path:
     """A model directory written by the real `imgcls train` (resnet18, 64 px, from scratch)."""
     out = tmp_path_factory.mktemp("trained")
-    run_imgcls("train", "--data", sample_dataset, "--model-dir", out / "model", "--output-dir", out / "output",
+    proc = run_imgcls("train", "--data", sample_dataset, "--model-dir", out / "model", "--output-dir", out / "output",
                "--epochs", "3", *FAST_TRAIN_ARGS)
+    (out / "train.log").write_text(proc.stdout + proc.stderr)
     return out / "model"

@@ -35,6 +35,8 @@ class HyperParameters:
     weights: str = _hp("imagenet", "initial weights: imagenet, none, or a path to a .pth state_dict", kind="weights")
     allow_download: bool = _hp(True, "download ImageNet weights when they are neither in a channel nor baked into the image")
     finetune: str = _hp("all", "what to train: head, all, or N (the head plus the last N backbone stages)", kind="finetune")
+    crop_scale: float = _hp(0.25, "smallest area share of a random training crop (1: no random crops)", low=0.05, high=1.0)
+    hflip: bool = _hp(True, "random horizontal flips (turn off for text or digits)")
     image_size: int = _hp(224, "square input side in pixels", low=32, high=1024)
     valid_fraction: float = _hp(0.1, "share of train carved out (stratified) when no validation split is given", low=0.01, high=0.5)
     amp: str = _hp("auto", "mixed precision: auto (bf16 where supported, else fp16 on GPU), bf16, fp16 or off", choices=("auto", "bf16", "fp16", "off"))

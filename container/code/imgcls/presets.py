@@ -22,11 +22,11 @@ def _to_uint8_chw(img: Image.Image) -> torch.Tensor:
 
 
 class TrainPreset:
-    """Random resized crop (scale 0.25-1, ratio 3/4-4/3) and horizontal flip, in a single resample."""
+    """Random resized crop (area share min_scale-1, ratio 3/4-4/3) and horizontal flip, in a single resample."""
 
-    def __init__(self, image_size: int, scale=(0.25, 1.0), ratio=(3 / 4, 4 / 3)):
-        self.size = image_size
-        self.scale, self.log_ratio = scale, (math.log(ratio[0]), math.log(ratio[1]))
+    def __init__(self, image_size: int, min_scale: float = 0.25, hflip: bool = True, ratio=(3 / 4, 4 / 3)):
+        self.size, self.hflip = image_size, hflip
+        self.scale, self.log_ratio = (min_scale, 1.0), (math.log(ratio[0]), math.log(ratio[1]))
         self.decode_side = int(image_size * 1.5)
 
     def crop_box(self, width: int, height: int, rng: random.Random) -> tuple[float, float, float, float]:
@@ -44,7 +44,7 @@ class TrainPreset:
     def __call__(self, img: Image.Image, rng: random.Random) -> torch.Tensor:
         box = self.crop_box(*img.size, rng)
         out = img.resize((self.size, self.size), Image.BILINEAR, box=box)
-        if rng.random() < 0.5:
+        if self.hflip and rng.random() < 0.5:
             out = out.transpose(Image.FLIP_LEFT_RIGHT)
         return _to_uint8_chw(out)
 

@@ -181,7 +181,7 @@ def train(hp: HyperParameters, paths: JobPaths) -> dict:
     names = splits.class_names
     log.info("classes: %d; images: train %d, valid %d, test %d", len(names), len(splits.train.samples),
              len(splits.valid.samples), len(splits.test.samples) if splits.test else 0)
-    train_preset, eval_preset = TrainPreset(hp.image_size), EvalPreset(hp.image_size)
+    train_preset, eval_preset = TrainPreset(hp.image_size, hp.crop_scale, hp.hflip), EvalPreset(hp.image_size)
     train_sampler = EpochSampler(len(splits.train.samples), shuffle=True, seed=hp.seed, rank=rt.rank, world_size=rt.world_size)
     train_loader = make_loader(ImageFiles(splits.train.samples, train_preset, hp.seed), train_sampler, hp.batch_size, workers, rt.device, True)
 

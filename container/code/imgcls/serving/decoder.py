@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import content_types
 from .errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
@@ -68,6 +68,8 @@ def decode_image(data: bytes, prep: Preprocessing) -> Image.Image:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise BadRequestError(f"image rejected as a decompression bomb: {exc}") from None
+    except UnidentifiedImageError:
+        raise BadRequestError(f"cannot decode image ({len(data)} bytes): not a format PIL can read") from None
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError, struct.error...) on bad bytes
         raise BadRequestError(f"cannot decode image ({len(data)} bytes): {type(exc).__name__}: {exc}") from None
 

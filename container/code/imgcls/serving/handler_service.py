@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass
+from http import HTTPStatus
 
 import torch
 
@@ -136,7 +137,7 @@ class HandlerService:
 
     @staticmethod
     def _error(context, index: int, status: int, message: str) -> str:
-        context.set_response_status(status, message.replace("\r", " ").replace("\n", " ")[:200], index)
+        context.set_response_status(status, HTTPStatus(status).phrase, index)
         context.set_response_content_type(index, content_types.JSON)
         return error_body(status, message)
 

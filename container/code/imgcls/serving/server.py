@@ -13,6 +13,7 @@ import ctypes
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -21,7 +22,6 @@ import sys
 import tempfile
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,8 +71,6 @@ class ServerConfig:
     workers: int
     threads_per_worker: int
     gpus: int
-    batch_size: int
-    max_batch_delay_ms: int
     timeout_seconds: int
     max_payload_mb: int
     startup_timeout_seconds: int
@@ -84,10 +82,10 @@ class ServerConfig:
         base_dir = Path(env.get("SAGEMAKER_BASE_DIR", "/opt/ml"))
         cpus = len(os.sched_getaffinity(0))
         gpus = count_gpus()
-        # One worker per GPU. On CPU one worker per 4 cores: the intra-op threads of one process scale
-        # well up to about 4, and MMS batching keeps a single worker busy under concurrent load.
+        # One worker per GPU. On CPU one worker per 4 cores: a lone request then runs on all of a
+        # worker's cores (low latency), and intra-op threads of one process scale well up to about 4.
         default_workers = gpus or max(1, cpus // 4)
-        workers = _env_int("SAGEMAKER_MODEL_SERVER_WORKERS", default_workers)
+        workers = max(1, _env_int("SAGEMAKER_MODEL_SERVER_WORKERS", default_workers))
         return cls(
             model_dir=Path(model_dir) if model_dir else base_dir / ("models" if multi_model else "model"),
             port=port or _env_int("SAGEMAKER_BIND_TO_PORT", 8080),
@@ -96,18 +94,25 @@ class ServerConfig:
             workers=workers,
             threads_per_worker=_env_int("IMGCLS_TORCH_THREADS", max(1, cpus // workers)),
             gpus=gpus,
-            batch_size=_env_int("IMGCLS_BATCH_SIZE", 8),
-            max_batch_delay_ms=_env_int("IMGCLS_MAX_BATCH_DELAY_MS", 5),
             timeout_seconds=_env_int("SAGEMAKER_MODEL_SERVER_TIMEOUT", 60),
             max_payload_mb=_env_int("SAGEMAKER_MAX_PAYLOAD_IN_MB", 6),
             startup_timeout_seconds=_env_int("SAGEMAKER_STARTUP_TIMEOUT", 600),
         )
 
 
-def _free_local_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+MAX_MMS_PORT = 32766  # MMS 1.1 rejects ports >= 32767 ("Invalid port number")
+
+
+def free_local_port() -> int:
+    """A currently free 127.0.0.1 port that MMS accepts (the kernel's ephemeral range starts above it)."""
+    for candidate in random.Random().sample(range(20000, MAX_MMS_PORT), 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return candidate
+    raise RuntimeError("no free local port below 32767")
 
 
 def mms_properties(config: ServerConfig, management_port: int) -> str:
@@ -156,7 +161,7 @@ class ModelServer:
         self.config = config
         # java.io.tmpdir of the frontend: the worker sockets (.mms.sock.<port>) land here, not in /tmp.
         self.run_dir = Path(tempfile.mkdtemp(prefix="imgcls-serve-"))
-        self.management_port = _free_local_port()
+        self.management_port = free_local_port()
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -178,45 +183,14 @@ class ModelServer:
                    f"-Dimgcls.multiModel={str(config.multi_model).lower()}",
                    *os.environ.get("SAGEMAKER_MODEL_SERVER_VMARGS", "").split(),
                    "-cp", class_path, "com.amazonaws.ml.mms.ModelServer",
-                   "--python", sys.executable, "-f", str(self.run_dir / "mms.properties"), "-s", "/"]
+                   "--python", sys.executable, "-f", str(self.run_dir / "mms.properties"), "-s", "/",
+                   *(["-m", f"{MODEL_NAME}={model_dir}"] if model_dir else [])]
         worker_env = {**os.environ, "IMGCLS_TORCH_THREADS": str(config.threads_per_worker),
                       "OMP_NUM_THREADS": str(config.threads_per_worker),
                       "SAGEMAKER_MAX_PAYLOAD_IN_MB": str(config.max_payload_mb)}
-        log.info("starting MMS on %s:%d with %d worker(s) x %d thread(s), %d GPU(s), batch %d / %d ms; run dir %s",
-                 config.bind_host, config.port, config.workers, config.threads_per_worker, config.gpus,
-                 config.batch_size, config.max_batch_delay_ms, self.run_dir)
+        log.info("starting MMS on %s:%d with %d worker(s) x %d thread(s), %d GPU(s); run dir %s",
+                 config.bind_host, config.port, config.workers, config.threads_per_worker, config.gpus, self.run_dir)
         self.process = subprocess.Popen(command, env=worker_env, cwd=self.run_dir)
-        if model_dir is not None:
-            self._register(model_dir)
-
-    def _management_call(self, method: str, path: str) -> tuple[int, str]:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.management_port}{path}", method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=self.config.timeout_seconds) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode(errors="replace")
-
-    def _register(self, model_dir: Path) -> None:
-        """Register through the management API: the only way MMS 1.1 takes a batch size and delay."""
-        deadline = time.monotonic() + self.config.startup_timeout_seconds
-        while True:
-            self._raise_if_exited()
-            try:
-                self._management_call("GET", "/models")
-                break
-            except (urllib.error.URLError, ConnectionError):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"MMS management API not up after {self.config.startup_timeout_seconds} s")
-                time.sleep(0.2)
-        query = urllib.parse.urlencode({
-            "url": str(model_dir), "model_name": MODEL_NAME, "handler": HANDLER, "runtime": "python3",
-            "batch_size": self.config.batch_size, "max_batch_delay": self.config.max_batch_delay_ms,
-            "initial_workers": self.config.workers, "synchronous": "false",
-            "response_timeout": self.config.timeout_seconds})
-        status, body = self._management_call("POST", f"/models?{query}")
-        if status >= 300:
-            raise UserError(f"MMS refused the model {model_dir}: {status} {body}")
 
     def _raise_if_exited(self) -> None:
         if self.process.poll() is not None:

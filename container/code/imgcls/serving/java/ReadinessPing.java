@@ -16,19 +16,31 @@ import software.amazon.ai.mms.servingsdk.http.Response;
  * A worker counts as running once the Python handler's initialize (load + warm-up) has returned.
  */
 @Endpoint(urlPattern = "ping", endpointType = EndpointTypes.INFERENCE,
-          description = "200 once every model has a worker with the model loaded and warmed up, else 503")
+          description = "200 once the model is loaded and warmed up, else 503")
 public class ReadinessPing extends ModelServerEndpoint {
-    @Override
-    public void doGet(Request req, Response rsp, Context ctx) throws IOException {
-        // A multi-model endpoint starts with no model; SageMaker loads them after /ping says healthy.
-        boolean ready = !ctx.getModels().isEmpty() || Boolean.getBoolean("imgcls.multiModel");
+    /** Single model: its worker has loaded it. Multi-model: the server is up; SageMaker loads models later. */
+    static boolean isReady(Context ctx) {
+        if (Boolean.getBoolean("imgcls.multiModel")) {
+            return true;
+        }
+        if (ctx.getModels().isEmpty()) {
+            return false;
+        }
         for (Model model : ctx.getModels().values()) {
             boolean anyLoaded = false;
             for (Worker worker : model.getModelWorkers()) {
                 anyLoaded |= worker.isRunning();
             }
-            ready &= anyLoaded;
+            if (!anyLoaded) {
+                return false;
+            }
         }
+        return true;
+    }
+
+    @Override
+    public void doGet(Request req, Response rsp, Context ctx) throws IOException {
+        boolean ready = isReady(ctx);
         rsp.setStatus(ready ? 200 : 503);
         rsp.setContentType("application/json");
         String body = ready ? "{\"status\": \"Healthy\"}\n" : "{\"status\": \"Loading\"}\n";

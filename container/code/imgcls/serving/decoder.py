@@ -10,34 +10,36 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from ..imaging import load_rgb
+from ..presets import EvalPreset, normalize
 from . import content_types
 from .errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 
-# Pixels actually decoded (after JPEG draft reduction). 50 MP covers any camera photo that is not
-# a JPEG; a 12000x9000 JPEG is drafted to 1/8 first. PNG bombs declare their size in the header.
-DEFAULT_MAX_DECODED_PIXELS = 50_000_000
 MAX_IMAGES_PER_REQUEST = 64
 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Serving transform = training's evaluation transform: resize shorter side, centre crop, normalise."""
+    """Training's evaluation transform (imgcls.presets.EvalPreset): resize shorter side, centre crop, normalise."""
 
-    resize_size: int
-    image_size: int
+    preset: EvalPreset
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    max_decoded_pixels: int = DEFAULT_MAX_DECODED_PIXELS
 
     @classmethod
-    def from_model_config(cls, config: dict, max_decoded_pixels: int = DEFAULT_MAX_DECODED_PIXELS) -> "Preprocessing":
-        image_size = int(config["image_size"])
-        return cls(resize_size=int(config.get("resize_size", round(image_size * 256 / 224))),
-                   image_size=image_size, mean=tuple(config["mean"]), std=tuple(config["std"]),
-                   max_decoded_pixels=max_decoded_pixels)
+    def from_model_config(cls, config: dict) -> "Preprocessing":
+        preset = EvalPreset(int(config["image_size"]), config.get("resize_size"))
+        return cls(preset, tuple(config["mean"]), tuple(config["std"]))
+
+    @property
+    def image_size(self) -> int:
+        return self.preset.size
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        """RGB image -> 3 x image_size x image_size normalised float32."""
+        return normalize(self.preset(image)[None], self.mean, self.std)[0]
 
 
 @dataclass
@@ -48,24 +50,19 @@ class DecodedRequest:
 
 
 def decode_image(data: bytes, prep: Preprocessing) -> Image.Image:
-    """Bytes of any PIL-readable still image -> upright 8-bit RGB, decoded no larger than needed."""
+    """Bytes of any still image PIL reads -> upright 8-bit RGB, the same way training decodes.
+
+    JPEGs much larger than the model input are decoded at 1/2, 1/4 or 1/8 scale (draft mode).
+    Animated GIF/WebP and multi-page TIFF give their first frame. Images declaring more than
+    imgcls.imaging's pixel limit are refused before their pixels are decoded.
+    """
     if not data:
         raise BadRequestError("empty body: send the bytes of an image")
     try:
         with warnings.catch_warnings():
+            # PIL only warns between 1x and 2x the limit; refuse that range too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            if image.format == "JPEG":
-                # Decode at 1/2, 1/4 or 1/8 scale while still >= the resize target: the big win for photos.
-                image.draft("RGB", _draft_target(image.size, prep.resize_size))
-            width, height = image.size
-            if width * height > prep.max_decoded_pixels:
-                raise BadRequestError(f"image of {width}x{height} pixels is over the limit of {prep.max_decoded_pixels} pixels")
-            image.load()  # first frame of animated GIF/WebP and multi-page TIFF
-            image = ImageOps.exif_transpose(image)
-            return _to_rgb(image)
-    except BadRequestError:
-        raise
+            return load_rgb(io.BytesIO(data), min_side=prep.preset.decode_side)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise BadRequestError(f"image rejected as a decompression bomb: {exc}") from None
     except UnidentifiedImageError:
@@ -74,39 +71,8 @@ def decode_image(data: bytes, prep: Preprocessing) -> Image.Image:
         raise BadRequestError(f"cannot decode image ({len(data)} bytes): {type(exc).__name__}: {exc}") from None
 
 
-def _draft_target(size: tuple[int, int], resize_size: int) -> tuple[int, int]:
-    """Requested draft size that keeps the shorter side >= resize_size (draft never goes below it)."""
-    width, height = size
-    scale = resize_size / min(width, height)
-    return max(1, int(width * scale)), max(1, int(height * scale))
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit grayscale PNG: convert("RGB") would clip at 255; scale the full range down instead.
-        pixels = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if pixels.max(initial=0) > 255 else 255.0
-        image = Image.fromarray(np.clip(pixels * (255.0 / peak), 0, 255).astype(np.uint8), mode="L")
-    elif image.mode == "F":
-        pixels = np.nan_to_num(np.asarray(image, dtype=np.float64))
-        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="L")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        # Transparent areas become white, as most viewers show them, instead of their arbitrary colour.
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image)
-    return image.convert("RGB")  # L, P, CMYK, YCbCr, 1 ...
-
-
-def preprocess(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
-    image = TF.resize(image, prep.resize_size)
-    image = TF.center_crop(image, prep.image_size)
-    tensor = TF.pil_to_tensor(image).float().div_(255.0)
-    return TF.normalize(tensor, prep.mean, prep.std)
-
-
 def image_to_tensor(data: bytes, prep: Preprocessing) -> torch.Tensor:
-    return preprocess(decode_image(data, prep), prep)
+    return prep(decode_image(data, prep))
 
 
 def decode_request(body: bytes | bytearray | None, content_type: str, prep: Preprocessing,

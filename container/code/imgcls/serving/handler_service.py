@@ -17,7 +17,7 @@ from http import HTTPStatus
 import torch
 
 from . import content_types, encoder, model_loading
-from .decoder import DEFAULT_MAX_DECODED_PIXELS, DecodedRequest, decode_request, parse_top_k
+from .decoder import DecodedRequest, decode_request, parse_top_k
 from .errors import RequestError, error_body
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,6 @@ class Settings:
     max_payload_bytes: int
     default_top_k: int
     cpu_threads: int | None
-    max_decoded_pixels: int
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -41,8 +40,7 @@ class Settings:
         return cls(default_accept=content_types.media_type(env.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT") or content_types.JSON),
                    max_payload_bytes=int(float(env.get("SAGEMAKER_MAX_PAYLOAD_IN_MB") or 6) * 1024 * 1024),
                    default_top_k=int(env.get("IMGCLS_DEFAULT_TOP_K") or DEFAULT_TOP_K),
-                   cpu_threads=int(env["IMGCLS_TORCH_THREADS"]) if env.get("IMGCLS_TORCH_THREADS") else None,
-                   max_decoded_pixels=int(env.get("IMGCLS_MAX_IMAGE_PIXELS") or DEFAULT_MAX_DECODED_PIXELS))
+                   cpu_threads=int(env["IMGCLS_TORCH_THREADS"]) if env.get("IMGCLS_TORCH_THREADS") else None)
 
 
 @dataclass
@@ -83,7 +81,7 @@ class HandlerService:
         properties = context.system_properties
         gpu_id = properties.get("gpu_id")
         self.model = model_loading.load(properties["model_dir"], None if gpu_id is None else int(gpu_id),
-                                        self.settings.cpu_threads, self.settings.max_decoded_pixels)
+                                        self.settings.cpu_threads)
         batch_sizes = tuple(sorted({1, int(properties.get("batch_size") or 1)}))
         seconds = self.model.warm_up(batch_sizes)
         log.info("warm-up with batch sizes %s took %.2f s; worker %d ready", batch_sizes, seconds, os.getpid())

@@ -81,8 +81,7 @@ class LoadedModel:
         return time.perf_counter() - started
 
 
-def load(model_dir: str | Path, gpu_id: int | None, cpu_threads: int | None,
-         max_decoded_pixels: int) -> LoadedModel:
+def load(model_dir: str | Path, gpu_id: int | None, cpu_threads: int | None) -> LoadedModel:
     if cpu_threads:
         # Each worker gets its share of the cores; MMS would otherwise leave OMP_NUM_THREADS=1 or oversubscribe.
         torch.set_num_threads(cpu_threads)
@@ -94,5 +93,5 @@ def load(model_dir: str | Path, gpu_id: int | None, cpu_threads: int | None,
         network = network.to(device, dtype, memory_format=torch.channels_last)
     log.info("loaded %s (%d classes) from %s on %s as %s", config["backbone"], len(class_names), model_dir, device, dtype)
     return LoadedModel(network.eval(), class_names, config,
-                       Preprocessing.from_model_config(config, max_decoded_pixels), device, dtype)
+                       Preprocessing.from_model_config(config), device, dtype)
 

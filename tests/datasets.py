@@ -39,7 +39,7 @@ def awkward_images(base: Image.Image) -> dict[str, bytes]:
     save("cmyk.jpg", base.convert("CMYK"), "JPEG")
     save("rgba.png", base.convert("RGBA"), "PNG")
     save("palette.png", base.convert("P"), "PNG")
-    save("gray16.png", Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257), "I;16"), "PNG")
+    save("gray16.png", Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257), "PNG")
     rotated = base.rotate(90, expand=True)
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 CW to display

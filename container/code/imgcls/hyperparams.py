@@ -134,7 +134,7 @@ def describe() -> list[tuple[str, str, str, str]]:
     for f in dataclasses.fields(HyperParameters):
         m = f.metadata
         if m["choices"]:
-            rng = " | ".join(m["choices"])
+            rng = ", ".join(m["choices"])
         elif m["low"] is not None:
             rng = f"[{m['low']}, {m['high']}]"
         else:

@@ -52,13 +52,15 @@ def test_image_metadata(image):
 def test_image_has_its_tools_and_no_build_leftovers(image):
     script = r"""
 set -e
+# First, before anything below writes its own caches (matplotlib, torch) at run time.
+for cache in /root/.cache /root/.cache/uv /root/.cache/pip; do if [ -e "$cache" ]; then echo "leftover $cache"; exit 1; fi; done
 for tool in train serve imgcls java javac python; do command -v "$tool" >/dev/null || { echo "missing $tool"; exit 1; }; done
 test "$(command -v train)" = /opt/venv/bin/train
 java -version 2>&1 | grep -q 'version "17'
 python -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version'
 python -c 'import torch, torchvision, smdebug, sagemaker_training, sagemaker_inference, mms, imgcls.sagemaker_train, imgcls.serving.server'
-for leftover in gcc cc uv pip; do if command -v "$leftover" >/dev/null; then echo "leftover $leftover"; exit 1; fi; done
-for cache in /root/.cache /root/.cache/uv /root/.cache/pip; do if [ -e "$cache" ]; then echo "leftover $cache"; exit 1; fi; done
+# pip itself stays: sagemaker-training and sagemaker-inference depend on it (uv.lock pins it).
+for leftover in gcc cc uv; do if command -v "$leftover" >/dev/null; then echo "leftover $leftover"; exit 1; fi; done
 test ! -e /run/secrets/extra_ca
 echo tools-ok
 """
@@ -137,8 +139,13 @@ def test_sigterm_stops_training_promptly_with_a_checkpoint(image, tmp_path):
         logs = container_logs(name)
         print(f"\n[sigterm train] exit {state['ExitCode']} after {took:.1f} s")
         assert took < 30, f"train took {took:.0f} s to stop after SIGTERM\n{logs}"
-        assert not state["OOMKilled"] and state["ExitCode"] != 137, logs
+        # A handled stop: the job code exits on its own (0, or 1 with a reason), not killed by the signal.
+        assert state["ExitCode"] in (0, 1), f"exit {state['ExitCode']}\n{logs}"
         assert "SIGTERM" in logs, logs
+        failure = ml_dir / "output/failure"
+        if failure.exists():
+            assert "signal" in failure.read_text(), failure.read_text()
+        assert any((ml_dir / "checkpoints").glob("*")), "the stop left no checkpoint"
     finally:
         remove_container(name)
 

@@ -86,8 +86,8 @@ def test_local_mode_fit_deploy_predict_delete(image, local_session, tmp_path, le
         probabilities = [entry["probability"] for entry in top_k]
         assert probabilities == sorted(probabilities, reverse=True)
     finally:
+        predictor.delete_model()  # first: it finds the model through the endpoint config
         predictor.delete_endpoint()
-        predictor.delete_model()
     port = local_session.config["local"]["serving_port"]
     with pytest.raises(AssertionError):  # the endpoint is really gone
         wait_for_http(f"http://127.0.0.1:{port}/ping", timeout=3)

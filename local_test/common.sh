@@ -2,7 +2,8 @@
 # shellcheck shell=bash
 DOCKER="${DOCKER:-docker}"
 command -v "$DOCKER" >/dev/null || { echo "$(basename "$0"): '$DOCKER' not found; install Docker" >&2; exit 1; }
-TEST_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/test_dir"
+# The folder mounted at /opt/ml; TEST_DIR=... points the scripts at another one.
+TEST_DIR="${TEST_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/test_dir}"
 # DataLoader workers share tensors through /dev/shm; Docker's 64 MB default kills them.
 RUN_FLAGS=(--rm --shm-size "${SHM_SIZE:-2g}")
 # Give the container the GPUs when the NVIDIA runtime is installed.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -62,6 +63,22 @@ def moto(tmp_path):
         log.close()
 
 
+# Docker compresses every layer it pushes (minutes for the 6 GB image) unless the registry already
+# has it under the same repository name. So the registry keeps its storage and port between runs:
+# on a warm machine only the layers that changed are pushed.
+REGISTRY_DIR = Path(os.environ.get("IMGCLS_TEST_REGISTRY_DIR", "/var/tmp/imgcls-test-registry"))
+REGISTRY_PORT = int(os.environ.get("IMGCLS_TEST_REGISTRY_PORT", "5055"))
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
 @pytest.fixture
 def registry(tmp_path):
     """Debian's docker-registry on 127.0.0.1 (Docker trusts plain HTTP there), htpasswd user AWS."""
@@ -70,12 +87,13 @@ def registry(tmp_path):
         if os.environ.get("REQUIRE_DOCKER") == "1":
             pytest.fail("docker-registry is not installed (apt-get install docker-registry)")
         pytest.skip("docker-registry is not installed")
-    port = free_port()
+    port = REGISTRY_PORT if port_is_free(REGISTRY_PORT) else free_port()  # a busy port only costs speed
     password = f"{MOTO_ACCOUNT}-auth-token".encode()
     (tmp_path / "htpasswd").write_bytes(b"AWS:" + bcrypt.hashpw(password, bcrypt.gensalt(rounds=5)) + b"\n")
+    REGISTRY_DIR.mkdir(parents=True, exist_ok=True)
     (tmp_path / "registry.yml").write_text(json.dumps({  # JSON is YAML
         "version": 0.1,
-        "storage": {"filesystem": {"rootdirectory": str(tmp_path / "registry-data")}, "delete": {"enabled": True}},
+        "storage": {"filesystem": {"rootdirectory": str(REGISTRY_DIR)}, "delete": {"enabled": True}},
         "http": {"addr": f"127.0.0.1:{port}", "secret": "imgcls-test"},
         "auth": {"htpasswd": {"realm": "imgcls-test", "path": str(tmp_path / "htpasswd")}},
     }))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 import urllib.request
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from docker_helpers import (DOCKER, TEST_DIR, container_logs, copy_test_dir, docker, free_port, image,  # noqa: F401
+from docker_helpers import (DOCKER, REPO, TEST_DIR, container_logs, copy_test_dir, docker, free_port, image,  # noqa: F401
                             make_writable_for_all, remove_container, run_args, default_hyperparameters,
                             unique_name, wait_for_http)
 
@@ -194,3 +195,28 @@ def test_sigterm_stops_serve_promptly_and_cleanly(serving_container):
     print(f"\n[sigterm serve] exit {exit_code} after {took:.1f} s")
     assert exit_code == 0, container_logs(name)
     assert took < 20, f"serve took {took:.0f} s to stop after SIGTERM"
+
+
+def test_local_test_scripts_train_serve_predict(image, tmp_path):
+    """local_test/train_local.sh, serve_local.sh and predict.sh, as a user runs them (on a copy of test_dir)."""
+    env = {**os.environ, "TEST_DIR": str(copy_test_dir(tmp_path / "ml")), "PORT": str(free_port()), "DOCKER": DOCKER}
+    train = subprocess.run(["bash", "local_test/train_local.sh", image], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    assert (tmp_path / "ml/model/model.pt").exists()
+
+    name = unique_name("imgcls-serve-local")
+    server = subprocess.Popen(["bash", "local_test/serve_local.sh", image, *run_args(name)], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_http(f"http://127.0.0.1:{env['PORT']}/ping", timeout=180, container=name)
+        predict = subprocess.run(["bash", "local_test/predict.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert predict.returncode == 0, predict.stdout + predict.stderr
+        top_k = json.loads(predict.stdout)
+        assert top_k[0]["label"] in json.loads((tmp_path / "ml/model/labels.json").read_text()).values()
+        server.terminate()  # `docker run` passes SIGTERM on to the container
+        assert server.wait(timeout=60) == 0, server.stdout.read()[-3000:]
+    finally:
+        if server.poll() is None:
+            server.kill()
+        remove_container(name)

@@ -127,7 +127,9 @@ def mms_properties(config: ServerConfig, management_port: int) -> str:
         "default_workers_per_model": config.workers,
         "number_of_gpu": config.gpus,
         "default_response_timeout": config.timeout_seconds,
-        "max_request_size": config.max_payload_mb * 1024 * 1024,
+        # Above the payload limit the handler answers 413 with a JSON reason; MMS's own 413 (far
+        # above it) has an empty body. SageMaker itself caps real-time payloads at 6 MB.
+        "max_request_size": (2 * config.max_payload_mb + 1) * 1024 * 1024,
         "max_response_size": config.max_payload_mb * 1024 * 1024,
         "decode_input_request": "false",
         "enable_envvars_config": "false",

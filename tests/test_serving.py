@@ -1,0 +1,361 @@
+"""The real `serve` stack (multi-model-server + our handler) on 127.0.0.1, serving a model trained in this session."""
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+from PIL import Image
+
+from imgcls.artifacts import load_model_dir
+from imgcls.serving.decoder import Preprocessing, decode_request
+from imgcls.serving.server import free_local_port
+from test_serving_decoder import (animated_gif, encode, exif_rotated_jpeg, multipage_tiff, photos, png_16bit,
+                                  png_bomb)
+
+PAYLOAD_LIMIT_MB = 1
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict
+    body: bytes
+
+    def json(self):
+        return json.loads(self.body)
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    port: int
+    tmp_dir: Path            # the server's TMPDIR: its private run folder (sockets included) goes here
+    log_path: Path
+    ping_history: list = field(default_factory=list)
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+                timeout: float = 60) -> Response:
+        """Plain http.client: it sends exactly these headers (urllib would add a form Content-Type)."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            reply = connection.getresponse()
+            return Response(reply.status, {k.lower(): v for k, v in reply.getheaders()}, reply.read())
+        finally:
+            connection.close()
+
+    def invoke(self, body: bytes, content_type: str | None, accept: str | None = None, attributes: str | None = None) -> Response:
+        headers = {}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        if accept is not None:
+            headers["Accept"] = accept
+        if attributes is not None:
+            headers["X-Amzn-SageMaker-Custom-Attributes"] = attributes
+        return self.request("POST", "/invocations", body, headers)
+
+    def ping_status(self) -> int | None:
+        try:
+            return self.request("GET", "/ping", timeout=5).status
+        except (ConnectionError, TimeoutError, http.client.HTTPException):
+            return None  # not listening yet
+
+    def descendants(self) -> list[psutil.Process]:
+        return psutil.Process(self.process.pid).children(recursive=True)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_server(model_dir: Path, workdir: Path, **env) -> Server:
+    tmp_dir = workdir / "tmp"
+    tmp_dir.mkdir(parents=True)
+    port = free_local_port()
+    log_path = workdir / "serve.log"
+    full_env = {**os.environ, "IMGCLS_BIND_HOST": "127.0.0.1", "TMPDIR": str(tmp_dir), **env}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "imgcls.serving.server", "--model-dir", str(model_dir),
+                                    "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=full_env)
+    return Server(process, port, tmp_dir, log_path)
+
+
+def wait_for_ping(server: Server, timeout: float, until: int = 200) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = server.ping_status()
+        server.ping_history.append(status)
+        if status == until:
+            return
+        assert server.process.poll() is None, f"serve exited with {server.process.returncode}:\n{server.log()[-4000:]}"
+        time.sleep(0.1)
+    raise AssertionError(f"/ping never answered {until} within {timeout} s:\n{server.log()[-4000:]}")
+
+
+def stop(server: Server, timeout: float = 30) -> int:
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+    return server.process.wait(timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def server(trained_model_dir, tmp_path_factory):
+    running = start_server(trained_model_dir, tmp_path_factory.mktemp("serve"),
+                           SAGEMAKER_MAX_PAYLOAD_IN_MB=str(PAYLOAD_LIMIT_MB), SAGEMAKER_MODEL_SERVER_WORKERS="1")
+    try:
+        wait_for_ping(running, timeout=240)
+        yield running
+    finally:
+        stop(running)
+
+
+@pytest.fixture(scope="module")
+def in_process(trained_model_dir):
+    """The trained network run directly, to check the server's numbers against."""
+    network, class_names, config = load_model_dir(trained_model_dir)
+    return network, class_names, Preprocessing.from_model_config(config)
+
+
+@pytest.fixture(scope="module")
+def photo_bytes() -> dict[str, bytes]:
+    return {name: encode(photo, "JPEG", quality=90) for name, photo in photos().items()}
+
+
+def assert_top_k(result, class_names, k):
+    assert len(result) == min(k, len(class_names))
+    probabilities = [entry["probability"] for entry in result]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert 0 < sum(probabilities) <= 1 + 1e-6
+    for entry in result:
+        assert class_names[entry["index"]] == entry["label"]
+
+
+def test_ping_answers_503_until_the_model_is_loaded_then_200(server):
+    seen = [status for status in server.ping_history if status is not None]
+    assert seen[0] == 503, server.ping_history
+    assert seen[-1] == 200
+
+
+@pytest.mark.parametrize("fmt, content_type", [("JPEG", "image/jpeg"), ("PNG", "image/png"), ("WEBP", "image/webp"),
+                                               ("JPEG", "application/x-image"), ("TIFF", "application/x-image")])
+def test_every_image_content_type_answers_sorted_top_k(server, in_process, fmt, content_type):
+    _, class_names, _ = in_process
+    for name, photo in photos().items():
+        reply = server.invoke(encode(photo, fmt), content_type)
+        assert reply.status == 200, (name, reply.body)
+        assert reply.headers["content-type"].startswith("application/json")
+        assert_top_k(reply.json(), class_names, 5)
+
+
+def test_server_probabilities_equal_the_in_process_model(server, in_process, photo_bytes):
+    network, _, prep = in_process
+    for name, data in photo_bytes.items():
+        reply = server.invoke(data, "image/jpeg", accept="application/x-npy")
+        assert reply.status == 200 and reply.headers["content-type"] == "application/x-npy"
+        served = np.load(io.BytesIO(reply.body), allow_pickle=False)
+        with torch.inference_mode():
+            expected = torch.softmax(network(decode_request(data, "image/jpeg", prep).batch), dim=1).numpy()
+        assert served.shape == expected.shape == (1, len(in_process[1]))
+        np.testing.assert_allclose(served, expected, atol=1e-5, err_msg=name)
+
+
+def test_full_probability_vector_for_argmax_users(server, in_process, photo_bytes):
+    data = photo_bytes["chelsea"]
+    as_npy = np.load(io.BytesIO(server.invoke(data, "image/jpeg", accept="application/x-npy").body))
+    as_json = server.invoke(data, "image/jpeg", attributes="output=probabilities")
+    assert as_json.status == 200
+    vector = np.array(as_json.json())
+    assert vector.shape == as_npy.shape and np.argmax(vector, 1)[0] == np.argmax(as_npy, 1)[0]
+    top = server.invoke(data, "image/jpeg").json()
+    assert top[0]["index"] == int(np.argmax(vector, 1)[0])
+
+
+def test_top_k_from_header_and_from_json_body(server, in_process, photo_bytes):
+    _, class_names, _ = in_process
+    data = photo_bytes["coffee"]
+    assert_top_k(server.invoke(data, "image/jpeg", attributes="top_k=2").json(), class_names, 2)
+    assert_top_k(server.invoke(data, "image/jpeg", attributes="top_k=1, something=else").json(), class_names, 1)
+    body = json.dumps({"image": base64.b64encode(data).decode(), "top_k": 3}).encode()
+    assert_top_k(server.invoke(body, "application/json", attributes="top_k=1").json(), class_names, 3)
+    assert server.invoke(data, "image/jpeg", attributes="top_k=0").status == 400
+
+
+def test_json_batch_of_base64_images(server, in_process, photo_bytes):
+    _, class_names, _ = in_process
+    names = list(photo_bytes)
+    body = json.dumps({"images": [base64.b64encode(photo_bytes[n]).decode() for n in names], "top_k": 2}).encode()
+    reply = server.invoke(body, "application/json")
+    assert reply.status == 200
+    results = reply.json()
+    assert len(results) == len(names)
+    for name, result in zip(names, results):
+        alone = server.invoke(photo_bytes[name], "image/jpeg", attributes="top_k=2").json()
+        assert [e["index"] for e in result] == [e["index"] for e in alone], name
+        np.testing.assert_allclose([e["probability"] for e in result], [e["probability"] for e in alone], atol=1e-5)
+        assert_top_k(result, class_names, 2)
+    npy = server.invoke(body, "application/json", accept="application/x-npy")
+    assert np.load(io.BytesIO(npy.body)).shape == (len(names), len(class_names))
+
+
+def test_npy_input_of_preprocessed_tensors(server, in_process, photo_bytes):
+    _, _, prep = in_process
+    batch = torch.cat([decode_request(photo_bytes[n], "image/jpeg", prep).batch for n in ("chelsea", "china")])
+    buffer = io.BytesIO()
+    np.save(buffer, batch.numpy())
+    reply = server.invoke(buffer.getvalue(), "application/x-npy", accept="application/x-npy")
+    assert reply.status == 200
+    from_npy = np.load(io.BytesIO(reply.body))
+    from_jpeg = np.load(io.BytesIO(server.invoke(photo_bytes["china"], "image/jpeg", accept="application/x-npy").body))
+    np.testing.assert_allclose(from_npy[1:], from_jpeg, atol=1e-5)
+
+
+def awkward_but_valid_images() -> dict[str, bytes]:
+    chelsea, black = photos()["chelsea"], Image.new("RGB", (451, 300))
+    return {
+        "animated.gif": animated_gif(chelsea, black),
+        "multipage.tiff": multipage_tiff(chelsea, black),
+        "16bit.png": png_16bit(np.asarray(chelsea.convert("L"))),
+        "cmyk.jpg": encode(chelsea.convert("CMYK"), "JPEG"),
+        "exif_rotated.jpg": exif_rotated_jpeg(chelsea),
+        "gray.jpg": encode(chelsea.convert("L"), "JPEG"),
+        "rgba.png": encode(chelsea.convert("RGBA"), "PNG"),
+    }
+
+
+def test_awkward_but_valid_images_are_decoded(server, in_process):
+    _, class_names, _ = in_process
+    for name, data in awkward_but_valid_images().items():
+        reply = server.invoke(data, "application/x-image")
+        assert reply.status == 200, (name, reply.body)
+        assert_top_k(reply.json(), class_names, 5)
+    # EXIF rotation applied: the same answer as the upright photo, within JPEG noise.
+    upright = server.invoke(encode(photos()["chelsea"], "JPEG", quality=95), "image/jpeg", accept="application/x-npy")
+    rotated = server.invoke(exif_rotated_jpeg(photos()["chelsea"]), "image/jpeg", accept="application/x-npy")
+    np.testing.assert_allclose(np.load(io.BytesIO(rotated.body)), np.load(io.BytesIO(upright.body)), atol=0.05)
+
+
+def bad_requests(good_jpeg: bytes) -> list[tuple[str, bytes, dict, int]]:
+    rng = np.random.default_rng(7)
+    limit = PAYLOAD_LIMIT_MB * 1024 * 1024
+    return [
+        ("truncated jpeg", good_jpeg[: len(good_jpeg) // 3], {"Content-Type": "image/jpeg"}, 400),
+        ("zero-byte body", b"", {"Content-Type": "image/jpeg"}, 400),
+        ("random bytes", rng.bytes(20_000), {"Content-Type": "image/jpeg"}, 400),
+        ("random bytes as png", rng.bytes(20_000), {"Content-Type": "image/png"}, 400),
+        ("decompression bomb", png_bomb(), {"Content-Type": "image/png"}, 400),
+        ("oversized dimensions", png_bomb(9000), {"Content-Type": "image/png"}, 400),
+        ("over the payload limit", good_jpeg + rng.bytes(limit + 1000 - len(good_jpeg)), {"Content-Type": "image/jpeg"}, 413),
+        ("unsupported content type", b"a,b,c\n", {"Content-Type": "text/csv"}, 415),
+        ("no content type", good_jpeg, {}, 415),
+        ("unsupported accept", good_jpeg, {"Content-Type": "image/jpeg", "Accept": "text/csv"}, 406),
+        ("malformed json", b'{"image": ', {"Content-Type": "application/json"}, 400),
+        ("json without image", b'{"picture": "x"}', {"Content-Type": "application/json"}, 400),
+        ("malformed base64", b'{"image": "@@@"}', {"Content-Type": "application/json"}, 400),
+        ("base64 of garbage", json.dumps({"images": [base64.b64encode(b"junk").decode()]}).encode(),
+         {"Content-Type": "application/json"}, 400),
+        ("npy of the wrong shape", _npy(np.zeros((2, 3), np.float32)), {"Content-Type": "application/x-npy"}, 400),
+        ("npy that needs pickle", _npy(np.array([None], dtype=object)), {"Content-Type": "application/x-npy"}, 400),
+        ("bad top_k", good_jpeg, {"Content-Type": "image/jpeg", "X-Amzn-SageMaker-Custom-Attributes": "top_k=many"}, 400),
+    ]
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=True)
+    return buffer.getvalue()
+
+
+def good_latency(server: Server, data: bytes, repeats: int = 7) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        assert server.invoke(data, "image/jpeg").status == 200
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def test_bad_input_gets_4xx_json_and_never_hurts_the_worker(server, photo_bytes):
+    good = photo_bytes["grace_hopper"]
+    workers_before = {p.pid for p in server.descendants()}
+    latency_before = good_latency(server, good)
+    for _ in range(3):  # a barrage, not a single shot
+        for name, body, headers, expected in bad_requests(good):
+            reply = server.request("POST", "/invocations", body, headers)
+            assert reply.status == expected, (name, reply.status, reply.body[:300])
+            error = json.loads(reply.body)
+            assert error["status"] == expected and error["message"], name
+            assert b"Traceback" not in reply.body and b'File "' not in reply.body, name
+    latency_after = good_latency(server, good)
+    assert {p.pid for p in server.descendants()} == workers_before  # no worker died or was replaced
+    assert latency_after < 1.5 * latency_before + 0.05, (latency_before, latency_after)
+
+
+def test_body_far_over_every_limit_is_refused_by_the_frontend(server):
+    huge = bytes(3 * (2 * PAYLOAD_LIMIT_MB + 1) * 1024 * 1024)
+    try:
+        status = server.invoke(huge, "image/jpeg").status
+    except (ConnectionError, http.client.HTTPException):
+        status = 413  # the frontend may close the socket while the body is still being sent
+    assert status == 413
+    assert server.ping_status() == 200
+
+
+def test_mutated_requests_never_get_a_5xx(server, photo_bytes):
+    rng = random.Random(11)
+    seeds = list(photo_bytes.values()) + list(awkward_but_valid_images().values())
+    content_types = ["image/jpeg", "image/png", "image/webp", "application/x-image"]
+    workers_before = {p.pid for p in server.descendants()}
+    for _ in range(150):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 20)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        if rng.random() < 0.3:
+            data = data[: rng.randrange(1, len(data))]
+        reply = server.invoke(bytes(data), rng.choice(content_types))
+        assert reply.status in (200, 400), reply.body[:300]
+    assert {p.pid for p in server.descendants()} == workers_before
+
+
+def test_sigterm_stops_every_process_and_removes_the_sockets(server):
+    """Runs last in this module: it stops the shared server."""
+    processes = server.descendants()
+    assert any("model_service_worker" in " ".join(p.cmdline()) for p in processes)
+    run_dirs = list(server.tmp_dir.glob("imgcls-serve-*"))
+    assert len(run_dirs) == 1 and list(run_dirs[0].glob(".mms.sock.*"))
+    assert stop(server) == 0
+    gone, alive = psutil.wait_procs(processes, timeout=5)
+    assert not alive, [p.cmdline() for p in alive]
+    assert list(server.tmp_dir.iterdir()) == []  # run folder, sockets and pipes all removed
+    assert not list(Path("/tmp").glob(f".mms.sock.{server.port}*"))
+
+
+def test_a_model_that_cannot_load_never_becomes_ready(trained_model_dir, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for item in trained_model_dir.iterdir():
+        (broken / item.name).write_bytes(item.read_bytes())
+    (broken / "model.pt").write_bytes(b"not a checkpoint")
+    server = start_server(broken, tmp_path / "run", SAGEMAKER_STARTUP_TIMEOUT="25")
+    try:
+        wait_for_ping(server, timeout=60, until=503)
+        time.sleep(3)
+        assert server.ping_status() in (503, None)  # None once serve gave up
+        assert server.process.wait(timeout=60) == 1
+        assert "SAGEMAKER_STARTUP_TIMEOUT=25" in server.log()
+        assert list(server.tmp_dir.iterdir()) == []
+    finally:
+        stop(server)

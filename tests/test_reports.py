@@ -31,8 +31,8 @@ def assert_sane_png(path, min_side=300, max_side=3000):
 def make_history(epochs=6):
     history = []
     for e in range(1, epochs + 1):
-        history.append({"epoch": e, "train_loss": 2.0 / e, "train_acc": 0.3 + 0.1 * e,
-                        "valid_loss": 2.2 / e + 0.05 * max(0, e - 4) ** 2, "valid_acc": 0.25 + 0.08 * e,
+        history.append({"epoch": e, "train_loss": 2.0 / e, "train_accuracy": 0.3 + 0.1 * e,
+                        "valid_loss": 2.2 / e + 0.05 * max(0, e - 4) ** 2, "valid_accuracy": 0.25 + 0.08 * e,
                         "lr": 1e-3 * 0.5 ** (e // 3), "epoch_seconds": 10.0 + e, "images_per_sec": 400.0})
     return history
 
@@ -139,13 +139,13 @@ def test_history_round_trips_through_json_and_csv(tmp_path):
 
 def test_history_with_missing_none_tensor_and_nan_values(tmp_path):
     history = [
-        {"epoch": 1, "train_loss": torch.tensor(1.5), "train_acc": np.float32(0.25), "valid_loss": None},
+        {"epoch": 1, "train_loss": torch.tensor(1.5), "train_accuracy": np.float32(0.25), "valid_loss": None},
         {"epoch": 2, "train_loss": float("nan"), "lr": 0.01, "grad_norm": 3.0},
     ]
     json_path = write_history(tmp_path, history)
 
     assert json.loads(json_path.read_text()) == [
-        {"epoch": 1, "train_loss": 1.5, "train_acc": 0.25, "valid_loss": None},
+        {"epoch": 1, "train_loss": 1.5, "train_accuracy": 0.25, "valid_loss": None},
         {"epoch": 2, "train_loss": None, "lr": 0.01, "grad_norm": 3.0},  # NaN is not valid JSON
     ]
     with open(tmp_path / "history.csv", newline="") as f:
@@ -166,8 +166,8 @@ def test_learning_curves_png(tmp_path):
 
 @pytest.mark.parametrize("history", [
     [],
-    [{"epoch": 1, "train_loss": 0.9, "train_acc": 0.6}],  # one epoch, no validation
-    [{"train_loss": 1.0, "valid_loss": None}, {"train_loss": 0.8, "valid_loss": 0.7, "valid_acc": 55.0}],
+    [{"epoch": 1, "train_loss": 0.9, "train_accuracy": 0.6}],  # one epoch, no validation
+    [{"train_loss": 1.0, "valid_loss": None}, {"train_loss": 0.8, "valid_loss": 0.7, "valid_accuracy": 55.0}],
     [{"epoch": 1, "train_loss": float("nan"), "valid_loss": math.inf}],
 ], ids=["empty", "single-epoch", "gaps-and-percent-accuracy", "diverged"])
 def test_learning_curves_survive_sparse_history(tmp_path, history):

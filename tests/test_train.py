@@ -37,6 +37,9 @@ def test_outputs_for_people(trained_model_dir):
     out = trained_model_dir.parent / "output"
     history = json.loads((out / "data" / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2, 3]
+    header, *rows = (out / "data" / "history.csv").read_text().splitlines()
+    assert header.split(",")[:5] == ["epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy"]
+    assert float(rows[-1].split(",")[4]) == pytest.approx(history[-1]["valid_accuracy"])
     for name in ("learning_curves.png", "confusion_matrix.png"):
         with Image.open(out / "data" / name) as img:
             assert img.size[0] > 300

@@ -21,7 +21,7 @@ from .artifacts import atomic_write_bytes, atomic_write_json
 HISTORY_JSON = "history.json"
 HISTORY_CSV = "history.csv"
 LEARNING_CURVES_PNG = "learning_curves.png"
-HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "epoch_seconds",
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "lr", "epoch_seconds",
                    "images_per_sec"]
 # Beyond this many classes, per-class tick labels overlap into a black smear; the CSV has the names.
 MAX_LABELLED_CLASSES = 40
@@ -92,7 +92,7 @@ def plot_learning_curves(history: list[dict], out_png: str | Path) -> Path:
     """Loss and accuracy per epoch, train vs valid, with the epoch of lowest valid loss marked."""
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2, sharex=True)
-    panels = ((loss_ax, "loss", "Loss"), (acc_ax, "acc", "Accuracy"))
+    panels = ((loss_ax, "loss", "Loss"), (acc_ax, "accuracy", "Accuracy"))
     for ax, metric, title in panels:
         for split, colour in (("train", "tab:blue"), ("valid", "tab:orange")):
             epochs, values = _series(history, f"{split}_{metric}")
@@ -103,8 +103,8 @@ def plot_learning_curves(history: list[dict], out_png: str | Path) -> Path:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
 
-    _, accuracies = _series(history, "train_acc")
-    _, valid_accuracies = _series(history, "valid_acc")
+    _, accuracies = _series(history, "train_accuracy")
+    _, valid_accuracies = _series(history, "valid_accuracy")
     accuracies += valid_accuracies
     if accuracies:
         # Fractions (0..1) or already percentages (0..100): label the axis in % either way.
@@ -120,7 +120,7 @@ def plot_learning_curves(history: list[dict], out_png: str | Path) -> Path:
         loss_ax.plot([best_epoch], [best_loss], marker="*", markersize=14, color="tab:green", zorder=3)
         loss_ax.annotate(f"{best_loss:.4g}", (best_epoch, best_loss), textcoords="offset points", xytext=(6, 8),
                          color="tab:green")
-        acc_epochs, acc_values = _series(history, "valid_acc")
+        acc_epochs, acc_values = _series(history, "valid_accuracy")
         if best_epoch in acc_epochs:
             best_acc = acc_values[acc_epochs.index(best_epoch)]
             acc_ax.plot([best_epoch], [best_acc], marker="*", markersize=14, color="tab:green", zorder=3)

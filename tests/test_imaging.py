@@ -19,7 +19,8 @@ def base() -> Image.Image:
 def test_awkward_images_decode_to_upright_rgb(base, name):
     img = load_rgb(io.BytesIO(awkward_images(base)[name]))
     assert img.mode == "RGB" and img.size == (200, 120)  # EXIF rotation undone
-    ref = np.asarray(base.convert("L") if name.startswith("gray") else base, dtype=np.float64)
+    expected = {"palette.png": base.convert("P").convert("RGB")}.get(name, base)  # palette loss is the file's, not ours
+    ref = np.asarray(base.convert("L") if name.startswith("gray") else expected, dtype=np.float64)
     got = np.asarray(img.convert("L") if name.startswith("gray") else img, dtype=np.float64)
     assert np.abs(got - ref).mean() < 12, name  # same picture, up to JPEG/palette loss
 

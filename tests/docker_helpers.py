@@ -115,8 +115,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_for_http(url: str, timeout: float, container: str | None = None) -> None:
-    """Poll until `url` answers 200; fail early, with its logs, when `container` has exited."""
+def wait_for_http(url: str, timeout: float, container: str | None = None, process: subprocess.Popen | None = None) -> None:
+    """Poll until `url` answers 200; fail early, with its logs, when `container` has exited
+    (a container that does not exist yet is still starting) or when `process` has ended."""
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
@@ -129,8 +130,11 @@ def wait_for_http(url: str, timeout: float, container: str | None = None) -> Non
             last = f"HTTP {exc.code}"
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
             last = repr(exc)
-        if container and docker("inspect", "--format", "{{.State.Running}}", container, check=False).stdout.strip() != "true":
+        if container and docker("inspect", "--format", "{{.State.Status}}", container, check=False).stdout.strip() in ("exited", "dead"):
             raise AssertionError(f"container {container} exited before {url} answered:\n{container_logs(container)}")
+        if process is not None and process.poll() is not None:
+            output = process.stdout.read() if process.stdout else ""
+            raise AssertionError(f"{process.args} exited with {process.returncode} before {url} answered:\n{output[-4000:]}")
         time.sleep(1)
     raise AssertionError(f"{url} did not answer 200 within {timeout:.0f} s (last: {last})"
                          + (f"\n{container_logs(container)}" if container else ""))

@@ -209,7 +209,7 @@ def test_local_test_scripts_train_serve_predict(image, tmp_path):
     server = subprocess.Popen(["bash", "local_test/serve_local.sh", image, *run_args(name)], cwd=REPO, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for_http(f"http://127.0.0.1:{env['PORT']}/ping", timeout=180, container=name)
+        wait_for_http(f"http://127.0.0.1:{env['PORT']}/ping", timeout=180, container=name, process=server)
         predict = subprocess.run(["bash", "local_test/predict.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
         assert predict.returncode == 0, predict.stdout + predict.stderr
         top_k = json.loads(predict.stdout)

@@ -76,7 +76,6 @@ class HandlerService:
         self.settings: Settings | None = None
 
     def initialize(self, context) -> None:
-        _die_with_parent()
         self.settings = Settings.from_env()
         properties = context.system_properties
         gpu_id = properties.get("gpu_id")
@@ -146,6 +145,7 @@ _service = HandlerService()
 def handle(data, context):
     """MMS entry point: called with data=None once at worker start (load + warm-up), then per batch."""
     if data is None:
+        _die_with_parent()
         _service.initialize(context)
         return None
     return _service.handle(data, context)

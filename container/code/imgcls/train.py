@@ -160,7 +160,7 @@ class Progress:
         if not self.enabled:
             return
         if self.bar is not None:
-            self.bar.update(1)
+            self.bar.update(step - self.bar.n)
             self.bar.set_postfix({k: f"{v:.4g}" for k, v in info.items()}, refresh=False)
         elif step % self.interval == 0 or step == self.total:
             print(f"{self.desc} step {step}/{self.total} " + " ".join(f"{k}={v:.4g}" for k, v in info.items()), flush=True)
@@ -255,6 +255,17 @@ def train(hp: HyperParameters, paths: JobPaths) -> dict:
             train_sampler.set_epoch(epoch, start=first_step * hp.batch_size)
             progress = Progress(steps_per_epoch, f"epoch {epoch + 1}/{hp.epochs}", hp.log_interval, rt.is_main)
             epoch_start = time.perf_counter()
+            running_loss = torch.zeros((), device=rt.device)  # summed on the device; .item() only now and then
+            running_correct = torch.zeros((), dtype=torch.int64, device=rt.device)
+
+            def flush() -> None:
+                partial["loss"] += running_loss.item()
+                partial["correct"] += running_correct.item()
+                running_loss.zero_()
+                running_correct.zero_()
+                if not math.isfinite(partial["loss"]):
+                    raise UserError(f"training diverged at epoch {epoch + 1} step {step}: loss is not finite; lower lr (now {hp.lr})")
+
             tick = time.perf_counter()
             step = first_step
             for images, targets in train_loader:
@@ -272,19 +283,20 @@ def train(hp: HyperParameters, paths: JobPaths) -> dict:
                 scaler.update()
                 scheduler.step()
                 step += 1
-                batch_loss = loss.item()  # also a sync point, so compute time below is honest
-                if not math.isfinite(batch_loss):
-                    raise UserError(f"training diverged at epoch {epoch + 1} step {step}: loss is {batch_loss}; lower lr (now {hp.lr})")
-                partial["loss"] += batch_loss * targets.numel()
-                partial["correct"] += (logits.argmax(1) == targets).sum().item()
+                running_loss += loss.detach() * targets.numel()
+                running_correct += (logits.argmax(1) == targets).sum()
                 partial["seen"] += targets.numel()
-                now = time.perf_counter()
                 partial["data_wait"] += waited
-                partial["compute"] += now - tick - waited
-                progress.update(step, loss=batch_loss, lr=optimizer.param_groups[0]["lr"],
-                                img_s=partial["seen"] * rt.world_size / max(1e-9, partial["data_wait"] + partial["compute"]))
-                stop_now = all_sum([1.0 if stop.received else 0.0], rt)[0] > 0  # every rank stops at the same step
+                partial["compute"] += time.perf_counter() - tick - waited
+                at_interval = step % hp.log_interval == 0 or step == steps_per_epoch  # the same steps on every rank
+                if at_interval or progress.bar is not None or stop.received:
+                    flush()
+                    progress.update(step, loss=partial["loss"] / partial["seen"], lr=optimizer.param_groups[0]["lr"],
+                                    img_s=partial["seen"] * rt.world_size / max(1e-9, partial["data_wait"] + partial["compute"]))
+                # Single process: stop at once. DDP: ranks agree at interval steps, so all stop at the same step.
+                stop_now = bool(stop.received) if rt.world_size == 1 else at_interval and all_sum([float(bool(stop.received))], rt)[0] > 0
                 if stop_now:
+                    flush()
                     if rt.is_main:
                         path = save_checkpoint(paths.checkpoint_dir, snapshot(epoch, step))
                         log.warning("checkpoint saved to %s", path)
@@ -292,6 +304,7 @@ def train(hp: HyperParameters, paths: JobPaths) -> dict:
                     raise TrainingInterrupted(f"stopped by signal at epoch {epoch + 1} step {step}/{steps_per_epoch}; "
                                               f"state saved in {paths.checkpoint_dir}, a restarted job resumes from it")
                 tick = time.perf_counter()
+            flush()
             progress.close()
 
             train_loss, train_correct, train_seen = all_sum([partial["loss"], partial["correct"], partial["seen"]], rt)

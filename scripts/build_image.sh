@@ -46,9 +46,15 @@ else
     # shellcheck disable=SC2206  # EXTRA_BUILD_ARGS is a user-supplied word list
     build_args+=(${EXTRA_BUILD_ARGS:-})
     echo "build_image: building $image from $base_image (BAKE_WEIGHTS=$bake_weights, extra CA: ${extra_ca:-none})"
+    previous_id=$("$DOCKER" image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
     started=$SECONDS
     DOCKER_BUILDKIT=1 "$DOCKER" build --progress=plain "${build_args[@]}" .
     echo "build_image: built $image in $((SECONDS - started)) s"
+    # The image this tag named before is now untagged: remove it (a no-op while other tags or containers use it).
+    if [ -n "$previous_id" ] && [ "$previous_id" != "$("$DOCKER" image inspect --format '{{.Id}}' "$image")" ] \
+       && [ "$("$DOCKER" image inspect --format '{{len .RepoTags}}' "$previous_id" 2>/dev/null)" = 0 ]; then
+        "$DOCKER" image rm "$previous_id" >/dev/null 2>&1 || true
+    fi
 fi
 
 size_bytes=$("$DOCKER" image inspect --format '{{.Size}}' "$image")

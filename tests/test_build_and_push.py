@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -72,6 +73,7 @@ REGISTRY_PORT = int(os.environ.get("IMGCLS_TEST_REGISTRY_PORT", "5055"))
 
 def port_is_free(port: int) -> bool:
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the registry itself binds
         try:
             probe.bind(("127.0.0.1", port))
             return True
@@ -131,21 +133,22 @@ def test_build_and_push_to_ecr_then_pull_back(image, moto, registry, tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     image_uri = proc.stdout.strip().splitlines()[-1]
     repo_uri, tag = image_uri.rsplit(":", 1)
-    assert repo_uri == f"{registry}/{REPOSITORY}"
-    git_sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    assert tag in (git_sha, f"{git_sha}-dirty")
-    assert "Login Succeeded" in proc.stdout
-
-    ecr = boto3.client("ecr", endpoint_url=moto, region_name="us-east-1",
-                       aws_access_key_id="testing", aws_secret_access_key="testing")
-    created = ecr.describe_repositories(repositoryNames=[REPOSITORY])["repositories"][0]
-    assert created["imageScanningConfiguration"]["scanOnPush"] is True
-
     local_tag = f"{REPOSITORY}:{tag}"
-    built_id = docker("image", "inspect", "--format", "{{.Id}}", local_tag).stdout.strip()
     pushed_tags = [image_uri, f"{repo_uri}:latest"]
     try:
+        assert repo_uri == f"{registry}/{REPOSITORY}"
+        # The tag is a commit of this repository (HEAD may move meanwhile), marked when the tree was dirty.
+        assert re.fullmatch(r"[0-9a-f]{12}(-dirty)?", tag), tag
+        assert subprocess.run(["git", "cat-file", "-e", f"{tag.removesuffix('-dirty')}^{{commit}}"], cwd=REPO).returncode == 0
+        assert "Login Succeeded" in proc.stdout
+
+        ecr = boto3.client("ecr", endpoint_url=moto, region_name="us-east-1",
+                           aws_access_key_id="testing", aws_secret_access_key="testing")
+        created = ecr.describe_repositories(repositoryNames=[REPOSITORY])["repositories"][0]
+        assert created["imageScanningConfiguration"]["scanOnPush"] is True
+
         # Drop the local names, pull both tags back and check they are the image that was built.
+        built_id = docker("image", "inspect", "--format", "{{.Id}}", local_tag).stdout.strip()
         docker("rmi", *pushed_tags)
         pull_env = {**os.environ, "DOCKER_CONFIG": str(tmp_path / "docker-config")}
         for pushed in pushed_tags:

@@ -60,6 +60,8 @@ test "$(command -v train)" = /opt/venv/bin/train
 java -version 2>&1 | grep -q 'version "17'
 python -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version'
 python -c 'import torch, torchvision, smdebug, sagemaker_training, sagemaker_inference, mms, imgcls.sagemaker_train, imgcls.serving.server'
+# Baked weights (BAKE_WEIGHTS=1) land where torch.hub looks for ResNet50's IMAGENET1K_V2 file.
+python -c 'import torch.hub, torchvision.models as m; assert torch.hub.get_dir() == "/opt/torch/hub", torch.hub.get_dir(); assert m.ResNet50_Weights.IMAGENET1K_V2.url.endswith("/resnet50-11ad3fa6.pth")'
 # pip itself stays: sagemaker-training and sagemaker-inference depend on it (uv.lock pins it).
 for leftover in gcc cc uv; do if command -v "$leftover" >/dev/null; then echo "leftover $leftover"; exit 1; fi; done
 test ! -e /run/secrets/extra_ca

@@ -81,7 +81,9 @@ class HandlerService:
         gpu_id = properties.get("gpu_id")
         self.model = model_loading.load(properties["model_dir"], None if gpu_id is None else int(gpu_id),
                                         self.settings.cpu_threads)
-        batch_sizes = tuple(sorted({1, int(properties.get("batch_size") or 1)}))
+        # MMS's own batch_size property stays 1 for a start-up model; the real one comes from serve.
+        batch_size = int(os.environ.get("IMGCLS_BATCH_SIZE") or properties.get("batch_size") or 1)
+        batch_sizes = tuple(sorted({1, batch_size}))
         seconds = self.model.warm_up(batch_sizes)
         log.info("warm-up with batch sizes %s took %.2f s; worker %d ready", batch_sizes, seconds, os.getpid())
 

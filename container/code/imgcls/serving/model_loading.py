@@ -17,6 +17,7 @@ from .decoder import Preprocessing
 log = logging.getLogger(__name__)
 
 ARCHIVE_NAME = "model.tar.gz"
+MAX_FORWARD_BATCH = 64
 
 
 def resolve_model_dir(path: str | Path, extract_into: str | Path) -> Path:
@@ -64,11 +65,16 @@ class LoadedModel:
 
     @torch.inference_mode()
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
-        """N x 3 x H x W normalised float32 -> N x num_classes probabilities (float32, on the CPU)."""
+        """N x 3 x H x W normalised float32 -> N x num_classes probabilities (float32, on the CPU).
+
+        Runs in chunks: an MMS batch of JSON batch requests can hold hundreds of images.
+        """
         memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
-        inputs = batch.to(self.device, self.dtype, non_blocking=True).contiguous(memory_format=memory_format)
-        logits = self.network(inputs)
-        return torch.softmax(logits.float(), dim=1).cpu()
+        outputs = []
+        for chunk in batch.split(MAX_FORWARD_BATCH):
+            inputs = chunk.to(self.device, self.dtype, non_blocking=True).contiguous(memory_format=memory_format)
+            outputs.append(torch.softmax(self.network(inputs).float(), dim=1).cpu())
+        return torch.cat(outputs)
 
     def warm_up(self, batch_sizes: tuple[int, ...]) -> float:
         """Run every batch size once (cuDNN autotuning, lazy allocations, CPU kernel caches) before /ping says ready."""

@@ -71,6 +71,8 @@ class ServerConfig:
     workers: int
     threads_per_worker: int
     gpus: int
+    batch_size: int
+    max_batch_delay_ms: int
     timeout_seconds: int
     max_payload_mb: int
     startup_timeout_seconds: int
@@ -94,6 +96,8 @@ class ServerConfig:
             workers=workers,
             threads_per_worker=_env_int("IMGCLS_TORCH_THREADS", max(1, cpus // workers)),
             gpus=gpus,
+            batch_size=max(1, _env_int("IMGCLS_BATCH_SIZE", 8)),
+            max_batch_delay_ms=_env_int("IMGCLS_MAX_BATCH_DELAY_MS", 3),
             timeout_seconds=_env_int("SAGEMAKER_MODEL_SERVER_TIMEOUT", 60),
             max_payload_mb=_env_int("SAGEMAKER_MAX_PAYLOAD_IN_MB", 6),
             startup_timeout_seconds=_env_int("SAGEMAKER_STARTUP_TIMEOUT", 600),
@@ -183,15 +187,23 @@ class ModelServer:
         command = [java, f"-Dmodel_server_home={MMS_HOME}", f"-Djava.io.tmpdir={self.run_dir}",
                    f"-Dlog4j.configurationFile=file://{self.run_dir / 'log4j2.xml'}",
                    f"-Dimgcls.multiModel={str(config.multi_model).lower()}",
+                   f"-Dimgcls.batchSize={config.batch_size}", f"-Dimgcls.maxBatchDelayMs={config.max_batch_delay_ms}",
                    *os.environ.get("SAGEMAKER_MODEL_SERVER_VMARGS", "").split(),
                    "-cp", class_path, "com.amazonaws.ml.mms.ModelServer",
                    "--python", sys.executable, "-f", str(self.run_dir / "mms.properties"), "-s", "/",
                    *(["-m", f"{MODEL_NAME}={model_dir}"] if model_dir else [])]
-        worker_env = {**os.environ, "IMGCLS_TORCH_THREADS": str(config.threads_per_worker),
-                      "OMP_NUM_THREADS": str(config.threads_per_worker),
-                      "SAGEMAKER_MAX_PAYLOAD_IN_MB": str(config.max_payload_mb)}
-        log.info("starting MMS on %s:%d with %d worker(s) x %d thread(s), %d GPU(s); run dir %s",
-                 config.bind_host, config.port, config.workers, config.threads_per_worker, config.gpus, self.run_dir)
+        worker_env = {
+            # Idle OpenMP threads sleep instead of spinning: workers share cores with each other, the
+            # frontend and image decoding, and spinning threads then slow a forward pass down several-fold.
+            "OMP_WAIT_POLICY": "PASSIVE",
+            **os.environ,
+            "IMGCLS_TORCH_THREADS": str(config.threads_per_worker),
+            "OMP_NUM_THREADS": str(config.threads_per_worker),
+            "SAGEMAKER_MAX_PAYLOAD_IN_MB": str(config.max_payload_mb),
+            "IMGCLS_BATCH_SIZE": str(config.batch_size)}
+        log.info("starting MMS on %s:%d with %d worker(s) x %d thread(s), %d GPU(s), batches of up to %d "
+                 "within %d ms; run dir %s", config.bind_host, config.port, config.workers, config.threads_per_worker,
+                 config.gpus, config.batch_size, config.max_batch_delay_ms, self.run_dir)
         self.process = subprocess.Popen(command, env=worker_env, cwd=self.run_dir)
 
     def _raise_if_exited(self) -> None:

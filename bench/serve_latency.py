@@ -1,0 +1,218 @@
+"""Latency and throughput of the real `serve` stack against the bare in-process pipeline, on the same JPEGs.
+
+    uv run python bench/serve_latency.py                       # ResNet50 at 224 px, random weights
+    uv run python bench/serve_latency.py --model-dir DIR       # a trained model directory
+
+Measures, in one run:
+  * in process: decode + preprocess + forward of one 640x480 photo at a time (latency), and the best
+    images/s of batch 1 or batch 8 (the "best in-process throughput");
+  * the server (multi-model-server + our handler, default settings) with 1 and 8 concurrent
+    keep-alive clients: p50/p99 latency and requests/s;
+  * a 4000x3000 JPEG against a 640x480 one, in process and through the server;
+and prints the ratios next to the issue's goals. Weights do not change the cost, so random ones do.
+"""
+from __future__ import annotations
+
+import os
+
+# The server's workers run with this OpenMP setting (see imgcls.serving.server); the bare pipeline
+# must too, for a like-for-like comparison. It has to be set before torch loads OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import http.client
+import io
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from imgcls.artifacts import save_model_dir
+from imgcls.models import IMAGENET_MEAN, IMAGENET_STD, build_model
+from imgcls.serving import model_loading
+from imgcls.serving.decoder import decode_request
+from imgcls.serving.server import free_local_port
+
+
+def sample_photos() -> list[Image.Image]:
+    import matplotlib.cbook
+    from skimage import data
+    from sklearn.datasets import load_sample_image
+
+    return [Image.fromarray(data.astronaut()), Image.fromarray(data.chelsea()), Image.fromarray(data.coffee()),
+            Image.fromarray(load_sample_image("china.jpg")),
+            Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB")]
+
+
+def jpeg(image: Image.Image, size: tuple[int, int]) -> bytes:
+    buffer = io.BytesIO()
+    image.resize(size, Image.BICUBIC).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def make_model_dir(root: Path, backbone: str, image_size: int) -> Path:
+    model_dir = root / "model"
+    save_model_dir(model_dir, build_model(backbone, 133), [f"breed_{i:03d}" for i in range(133)],
+                   {"backbone": backbone, "image_size": image_size, "resize_size": round(image_size * 256 / 224),
+                    "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "metrics": {}})
+    return model_dir
+
+
+class InProcess:
+    """The bare pipeline in this process: decode + preprocess + forward, all cores, as one worker has them."""
+
+    def __init__(self, model_dir: Path):
+        self.loaded = model_loading.load(model_dir, gpu_id=None, cpu_threads=len(os.sched_getaffinity(0)))
+        self.loaded.warm_up((1, 8))
+
+    def latency(self, data: bytes) -> float:
+        started = time.perf_counter()
+        self.loaded.predict(decode_request(data, "image/jpeg", self.loaded.preprocessing).batch)
+        return time.perf_counter() - started
+
+    def batch_of_8(self, images: list[bytes]) -> float:
+        """Seconds for 8 images decoded one by one and run as one batch."""
+        started = time.perf_counter()
+        prep = self.loaded.preprocessing
+        self.loaded.predict(torch.cat([decode_request(images[i % len(images)], "image/jpeg", prep).batch
+                                       for i in range(8)]))
+        return time.perf_counter() - started
+
+
+def start_server(model_dir: Path, log_path: Path) -> tuple[subprocess.Popen, int]:
+    port = free_local_port()
+    env = {**os.environ, "IMGCLS_BIND_HOST": "127.0.0.1"}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "imgcls.serving.server", "--model-dir", str(model_dir),
+                                    "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"serve exited with {process.returncode}; see {log_path}")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            connection.request("GET", "/ping")
+            if connection.getresponse().status == 200:
+                return process, port
+        except (ConnectionError, OSError, http.client.HTTPException):
+            pass
+        time.sleep(0.2)
+    raise SystemExit("server not ready after 300 s")
+
+
+def load(port: int, images: list[bytes], concurrency: int, total: int) -> dict:
+    """`concurrency` clients, each on its own keep-alive connection, share `total` requests."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    counter = iter(range(total))
+
+    def client():
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        while True:
+            with lock:
+                index = next(counter, None)
+            if index is None:
+                return
+            started = time.perf_counter()
+            connection.request("POST", "/invocations", body=images[index % len(images)],
+                               headers={"Content-Type": "image/jpeg"})
+            reply = connection.getresponse()
+            reply.read()
+            elapsed = time.perf_counter() - started
+            if reply.status != 200:
+                raise RuntimeError(f"HTTP {reply.status}")
+            if reply.getheader("connection", "").lower() == "close":
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            with lock:
+                latencies.append(elapsed)
+
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    return {"latencies": latencies, "rate": len(latencies) / wall}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model-dir", type=Path, help="trained model directory (default: random weights)")
+    parser.add_argument("--backbone", default="resnet50")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="measurements are interleaved in rounds so that load from other programs hits both sides")
+    parser.add_argument("--per-round", type=int, default=8, help="requests per measurement and round")
+    args = parser.parse_args()
+
+    photos = sample_photos()
+    images = [jpeg(p, (640, 480)) for p in photos]
+    large = jpeg(photos[0], (4000, 3000))
+    small = images[0]
+    n = args.per_round
+    local = {"latency": [], "batch8": [], "small": [], "large": []}
+    served = {"c1": [], "c8": [], "c8_rate": [], "small": [], "large": []}
+    with tempfile.TemporaryDirectory(prefix="serve-bench-") as scratch:
+        model_dir = args.model_dir or make_model_dir(Path(scratch), args.backbone, args.image_size)
+        bare = InProcess(model_dir)
+        process, port = start_server(model_dir, Path(scratch) / "serve.log")
+        load_before = os.getloadavg()[0]
+        try:
+            load(port, images, 1, 5)  # connection set-up and any first-request effects
+            for _ in range(args.rounds):
+                local["latency"] += [bare.latency(images[i % len(images)]) for i in range(n)]
+                served["c1"] += load(port, images, 1, n)["latencies"]
+                local["batch8"] += [bare.batch_of_8(images) for _ in range(max(1, n // 8))]
+                at_8 = load(port, images, 8, 2 * n)
+                served["c8"] += at_8["latencies"]
+                served["c8_rate"].append(at_8["rate"])
+                local["small"] += [bare.latency(small) for _ in range(n // 2)]
+                local["large"] += [bare.latency(large) for _ in range(n // 2)]
+                served["small"] += load(port, [small], 1, n // 2)["latencies"]
+                served["large"] += load(port, [large], 1, n // 2)["latencies"]
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+    load_after = os.getloadavg()[0]
+
+    median = statistics.median
+    rate_batch1 = 1 / statistics.mean(local["latency"])
+    rate_batch8 = 8 / statistics.mean(local["batch8"])
+    best_local = max(rate_batch1, rate_batch8)
+    rate_c1 = 1 / statistics.mean(served["c1"])
+    rate_c8 = statistics.mean(served["c8_rate"])
+    print(f"\n{args.backbone if not args.model_dir else model_dir}, {args.image_size} px, torch {torch.__version__}, "
+          f"{len(os.sched_getaffinity(0))} CPU core(s), load average {load_before:.1f} -> {load_after:.1f}; "
+          f"640x480 JPEG photos; {args.rounds} interleaved rounds\n")
+    print(f"{'measurement':<46}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}")
+    rows = [("in process, batch 1 (decode+preprocess+fwd)", local["latency"], rate_batch1),
+            ("in process, batch 8", None, rate_batch8),
+            ("server, concurrency 1", served["c1"], rate_c1),
+            ("server, concurrency 8", served["c8"], rate_c8)]
+    for name, latencies, rate in rows:
+        p50 = f"{median(latencies) * 1e3:9.1f}" if latencies else f"{'':9}"
+        p99 = f"{percentile(latencies, 99) * 1e3:9.1f}" if latencies else f"{'':9}"
+        print(f"{name:<46}{p50}{p99}{rate:9.2f}")
+    print(f"\n{'ratio':<60}{'value':>8}  goal")
+    print(f"{'server p50 at concurrency 1 / in-process p50':<60}{median(served['c1']) / median(local['latency']):>8.2f}  <= 1.10")
+    print(f"{'server req/s at concurrency 8 / best in-process images/s':<60}{rate_c8 / best_local:>8.2f}  >= 0.90")
+    print(f"{'4000x3000 JPEG / 640x480 JPEG, in process (p50)':<60}{median(local['large']) / median(local['small']):>8.2f}  <= 1.50")
+    print(f"{'4000x3000 JPEG / 640x480 JPEG, through the server (p50)':<60}{median(served['large']) / median(served['small']):>8.2f}  <= 1.50")
+
+
+if __name__ == "__main__":
+    main()

@@ -21,8 +21,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_DIR = REPO / "local_test" / "test_dir"
-# The image every Docker test runs: the same tag `make image` builds, so either reuses the other's build.
-IMAGE = os.environ.get("IMGCLS_TEST_IMAGE", "imgcls:latest")
+# The image every Docker test runs. Its own tag: the tests build with BAKE_WEIGHTS=0 unless told
+# otherwise, and must not replace the imgcls:latest that `make image` built with the weights.
+IMAGE = os.environ.get("IMGCLS_TEST_IMAGE", "imgcls:test")
 # Debian's 20.10 client understands DOCKER_BUILDKIT=1 without buildx; any client can run containers.
 DOCKER = os.environ.get("DOCKER") or ("/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker")
 CONTAINER_LABEL = "imgcls.test=1"  # every container the tests start carries it, for cleanup

@@ -32,8 +32,8 @@ base_id=$("$DOCKER" image inspect --format '{{.Id}}' "$base_image" 2>/dev/null) 
 # Everything the image is made from; a local image labelled with the same hash is reused as it is.
 inputs_hash=$( {
     printf 'base=%s bake=%s platform=%s\n' "$base_id" "$bake_weights" "$platform"
-    find container pyproject.toml uv.lock .dockerignore -type f ! -path '*/__pycache__/*' ! -name '*.pyc' \
-        | LC_ALL=C sort | xargs sha256sum
+    find container pyproject.toml uv.lock .dockerignore -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 \
+        | LC_ALL=C sort -z | xargs -0 sha256sum
 } | sha256sum | cut -c1-16 )
 if [ "${FORCE_BUILD:-0}" != 1 ] \
    && [ "$("$DOCKER" image inspect --format '{{index .Config.Labels "imgcls.build-inputs"}}' "$image" 2>/dev/null)" = "$inputs_hash" ]; then

@@ -330,6 +330,26 @@ def test_mutated_requests_never_get_a_5xx(server, photo_bytes):
     assert {p.pid for p in server.descendants()} == workers_before
 
 
+def test_concurrent_requests_share_a_forward_pass(server, in_process, photo_bytes):
+    """MMS batching is on: 16 simultaneous requests need fewer than 16 backend calls, and all answers are right."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, class_names, _ = in_process
+    def backend_calls() -> int:
+        return server.log().count("Backend response time")  # MMS logs one line per batch
+
+    time.sleep(1)
+    before = backend_calls()
+    data = list(photo_bytes.values())
+    with ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(lambda i: server.invoke(data[i % len(data)], "image/jpeg"), range(16)))
+    for reply in replies:
+        assert reply.status == 200
+        assert_top_k(reply.json(), class_names, 5)
+    time.sleep(2)  # MMS logs asynchronously
+    assert backend_calls() - before < 16
+
+
 def test_sigterm_stops_every_process_and_removes_the_sockets(server):
     """Runs last in this module: it stops the shared server."""
     processes = server.descendants()

@@ -379,3 +379,25 @@ def test_a_model_that_cannot_load_never_becomes_ready(trained_model_dir, tmp_pat
         assert list(server.tmp_dir.iterdir()) == []
     finally:
         stop(server)
+
+
+def test_multi_model_endpoint_loads_models_when_sagemaker_asks(trained_model_dir, tmp_path, photo_bytes, in_process):
+    """SAGEMAKER_MULTI_MODEL=true: healthy with no model; models arrive through the management API on the same port."""
+    _, class_names, _ = in_process
+    models_root = tmp_path / "models"
+    models_root.mkdir()
+    server = start_server(models_root, tmp_path / "run", SAGEMAKER_MULTI_MODEL="true")
+    try:
+        wait_for_ping(server, timeout=120)
+        load = json.dumps({"model_name": "breeds", "url": str(trained_model_dir)}).encode()
+        assert server.request("POST", "/models", load, {"Content-Type": "application/json"}).status == 200
+        deadline = time.monotonic() + 120
+        while (reply := server.request("POST", "/models/breeds/invoke", photo_bytes["chelsea"],
+                                       {"Content-Type": "image/jpeg"})).status != 200:
+            assert time.monotonic() < deadline, reply.body
+            time.sleep(0.5)
+        assert_top_k(reply.json(), class_names, 5)
+        assert server.ping_status() == 200
+    finally:
+        assert stop(server) == 0
+    assert list(server.tmp_dir.iterdir()) == []

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -221,4 +223,39 @@ def test_local_test_scripts_train_serve_predict(image, tmp_path):
     finally:
         if server.poll() is None:
             server.kill()
+        remove_container(name)
+
+
+def test_serve_multi_model_endpoint_in_the_image(image, trained_ml_dir, tmp_path):
+    """The multi-models label is honest: SAGEMAKER_MULTI_MODEL=true serves /opt/ml/models, loaded on request."""
+    ml_dir, proc = trained_ml_dir
+    assert proc.returncode == 0, "training failed; nothing to serve"
+    models = tmp_path / "models"
+    shutil.copytree(ml_dir / "model", models / "shapes")
+    name, port = unique_name("imgcls-serve-mme"), free_port()
+    docker("run", "-d", *run_args(name), "-p", f"127.0.0.1:{port}:8080", "-e", "SAGEMAKER_MULTI_MODEL=true",
+           "-v", f"{models}:/opt/ml/models:ro", image, "serve")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{base}/ping", timeout=180, container=name)
+        # What SageMaker does before the first request for a model: load it through the management API.
+        load = urllib.request.Request(f"{base}/models", method="POST", headers={"Content-Type": "application/json"},
+                                      data=json.dumps({"model_name": "shapes", "url": "/opt/ml/models/shapes"}).encode())
+        with urllib.request.urlopen(load, timeout=120) as response:
+            assert response.status == 200
+        jpeg = sorted((TEST_DIR / "input/data/train/test").rglob("*.jpg"))[0]
+        invoke = urllib.request.Request(f"{base}/models/shapes/invoke", data=jpeg.read_bytes(), method="POST",
+                                        headers={"Content-Type": "image/jpeg", "Accept": "application/json"})
+        deadline = time.monotonic() + 120
+        while True:  # the worker may still be loading the model
+            try:
+                with urllib.request.urlopen(invoke, timeout=60) as response:
+                    top_k = json.loads(response.read())
+                break
+            except urllib.error.HTTPError as exc:
+                assert time.monotonic() < deadline, f"{exc.code} {exc.read()[:500]!r}\n{container_logs(name)}"
+                time.sleep(1)
+        class_names = set(json.loads((ml_dir / "model/labels.json").read_text()).values())
+        assert top_k and {entry["label"] for entry in top_k} <= class_names
+    finally:
         remove_container(name)

@@ -24,6 +24,7 @@ from PIL import Image
 from imgcls.artifacts import load_model_dir
 from imgcls.serving.decoder import Preprocessing, decode_request
 from imgcls.serving.server import free_local_port
+from conftest import run_imgcls
 from test_serving_decoder import (animated_gif, encode, exif_rotated_jpeg, multipage_tiff, photos, png_16bit,
                                   png_bomb)
 
@@ -401,3 +402,13 @@ def test_multi_model_endpoint_loads_models_when_sagemaker_asks(trained_model_dir
     finally:
         assert stop(server) == 0
     assert list(server.tmp_dir.iterdir()) == []
+
+
+def test_imgcls_serve_without_a_model_fails_fast_with_the_reason(tmp_path):
+    tmp_dir = tmp_path / "tmp"
+    tmp_dir.mkdir()
+    proc = run_imgcls("serve", "--model-dir", tmp_path / "nothing", "--port", free_local_port(), check=False,
+                      timeout=120, env={"TMPDIR": str(tmp_dir)})
+    assert proc.returncode == 1
+    assert "neither model.pt nor model.tar.gz" in proc.stdout + proc.stderr
+    assert list(tmp_dir.iterdir()) == []

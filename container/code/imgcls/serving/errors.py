@@ -15,9 +15,6 @@ class RequestError(BaseInferenceToolkitError):
     def __init__(self, message: str):
         super().__init__(int(self.status), message, self.status.phrase)
 
-    def json_body(self) -> str:
-        return error_body(self.status_code, self.message)
-
 
 class BadRequestError(RequestError):
     status = HTTPStatus.BAD_REQUEST

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import logging
 import os
 import random
@@ -259,33 +258,42 @@ def _raise_stop(signo, frame):
     raise _Stop(signal.Signals(signo).name)
 
 
-def run(model_dir: str | None, port: int | None) -> int:
-    """Serve until SIGTERM/SIGINT (exit 0) or until MMS dies (its exit code). Returns the exit code."""
+def run(model_dir: str | None, port: int | None) -> None:
+    """Serve until SIGTERM/SIGINT, then clean up and return.
+
+    When serving fails (no model, MMS died, not ready within SAGEMAKER_STARTUP_TIMEOUT) it cleans up
+    and exits the process with a non-zero status, whoever the caller is.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(levelname)s] %(name)s - %(message)s")
     _become_subreaper()
-    config = ServerConfig.from_env(model_dir, port)
+    try:
+        config = ServerConfig.from_env(model_dir, port)
+    except ValueError as exc:
+        log.error("serve failed: a setting is not a number: %s", exc)
+        raise SystemExit(1) from None
     server = ModelServer(config)
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    exit_code = 0
     try:
         started = time.monotonic()
         server.start()
         server.wait_until_ready()
         log.info("ready after %.1f s: http://%s:%d/ping", time.monotonic() - started, config.bind_host, config.port)
-        code = server.process.wait()
-        log.error("MMS exited with code %d", code)
-        return code or 1
+        exit_code = server.process.wait() or 1
+        log.error("MMS exited with code %d", server.process.returncode)
     except _Stop as stop:
         log.info("%s received: stopping", stop)
-        return 0
-    except (UserError, TimeoutError, RuntimeError) as exc:
+    except (UserError, TimeoutError, RuntimeError, OSError, subprocess.SubprocessError) as exc:
         log.error("serve failed: %s", exc)
-        return 1
+        exit_code = 1
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_IGN)  # a second signal must not interrupt the clean-up
         server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if exit_code:
+        raise SystemExit(exit_code)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -293,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-dir", help="model folder or model.tar.gz (default: $SAGEMAKER_BASE_DIR/model, /opt/ml/model)")
     parser.add_argument("--port", type=int, help="default: $SAGEMAKER_BIND_TO_PORT or 8080")
     args = parser.parse_args(argv)
-    sys.exit(run(args.model_dir, args.port))
+    run(args.model_dir, args.port)
 
 
 if __name__ == "__main__":

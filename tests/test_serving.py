@@ -7,6 +7,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -115,7 +116,13 @@ def stop(server: Server, timeout: float = 30) -> int:
 
 @pytest.fixture(scope="module")
 def server(trained_model_dir, tmp_path_factory):
-    running = start_server(trained_model_dir, tmp_path_factory.mktemp("serve"),
+    # A model folder with code/requirements.txt, which the stock toolkit would pip-install at start
+    # (and fail: no network, no such package). serve never installs anything.
+    model_dir = tmp_path_factory.mktemp("model") / "model"
+    shutil.copytree(trained_model_dir, model_dir)
+    (model_dir / "code").mkdir()
+    (model_dir / "code" / "requirements.txt").write_text("imgcls-no-such-package==0.0.1\n")
+    running = start_server(model_dir, tmp_path_factory.mktemp("serve"),
                            SAGEMAKER_MAX_PAYLOAD_IN_MB=str(PAYLOAD_LIMIT_MB), SAGEMAKER_MODEL_SERVER_WORKERS="1")
     try:
         wait_for_ping(running, timeout=240)

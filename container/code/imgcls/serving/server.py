@@ -211,7 +211,8 @@ class ModelServer:
 
     def wait_until_ready(self) -> None:
         deadline = time.monotonic() + self.config.startup_timeout_seconds
-        url = f"http://127.0.0.1:{self.config.port}/ping"
+        host = "127.0.0.1" if self.config.bind_host in ("0.0.0.0", "") else self.config.bind_host
+        url = f"http://{host}:{self.config.port}/ping"
         while time.monotonic() < deadline:
             self._raise_if_exited()
             try:

@@ -171,6 +171,8 @@ class ModelServer:
 
     def start(self) -> None:
         config = self.config
+        if not 0 < config.port <= MAX_MMS_PORT:
+            raise UserError(f"port {config.port}: multi-model-server 1.1.11 only listens on ports 1-{MAX_MMS_PORT}")
         model_dir = None
         if not config.multi_model:
             model_dir = resolve_model_dir(config.model_dir, self.run_dir / "model").resolve()

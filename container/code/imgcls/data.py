@@ -234,6 +234,14 @@ class EpochSampler(Sampler[tuple[int, int]]):
         return max(0, len(self.shard()) - self.start)
 
 
-def default_workers(local_world_size: int = 1) -> int:
+def default_workers(local_world_size: int = 1, device_type: str = "cuda") -> int:
+    """DataLoader processes per training process.
+
+    GPU: the CPUs shared out between the local ranks (one left for the main process), at most 8.
+    CPU: the model is the bottleneck and worker processes preempt its threads (measured on 2 cores:
+    0 workers 10.6 images/s, 1 worker 7.3, 2 workers 7.3), so few workers and only on larger hosts.
+    """
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(8, cpus // max(1, local_world_size) - 1)) if cpus > 2 else min(2, cpus)
+    if device_type == "cpu":
+        return 0 if cpus <= 4 else max(1, cpus // 8)
+    return max(1, min(8, cpus // max(1, local_world_size) - 1))

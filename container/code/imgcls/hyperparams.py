@@ -41,7 +41,7 @@ class HyperParameters:
     valid_fraction: float = _hp(0.1, "share of train carved out (stratified) when no validation split is given", low=0.01, high=0.5)
     amp: str = _hp("auto", "mixed precision: auto (bf16 where supported, else fp16 on GPU), bf16, fp16 or off", choices=("auto", "bf16", "fp16", "off"))
     channels_last: bool = _hp(True, "channels_last memory format (with AMP)")
-    workers: int | None = _hp(None, "DataLoader worker processes per device (default: the CPUs shared out)", low=0, high=128, kind=int)
+    workers: int | None = _hp(None, "DataLoader worker processes per device (default: on GPU the CPUs shared out, on CPU 0 up to 4 cores)", low=0, high=128, kind=int)
     seed: int = _hp(42, "random seed for weights, split, order and augmentation", low=0, high=2**31 - 1)
     deterministic: bool = _hp(False, "deterministic kernels (slower); results then repeat bit for bit")
     checkpoint_dir: str | None = _hp(None, "where to checkpoint every epoch and on SIGTERM (default: /opt/ml/checkpoints)", kind=str)

@@ -174,10 +174,11 @@ def train(hp: HyperParameters, paths: JobPaths) -> dict:
     rt = setup_runtime(hp)
     torch.manual_seed(hp.seed)
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    workers = hp.workers if hp.workers is not None else default_workers(local_world)
+    workers = hp.workers if hp.workers is not None else default_workers(local_world, rt.device.type)
 
     # ---- data: every file checked once; bad ones are listed and skipped
-    splits = load_splits(resolve_splits(paths.channels), hp.valid_fraction, hp.seed, max(1, workers))
+    scan_processes = max(1, (os.cpu_count() or 1) // local_world)  # before training: nothing to compete with
+    splits = load_splits(resolve_splits(paths.channels), hp.valid_fraction, hp.seed, scan_processes)
     names = splits.class_names
     log.info("classes: %d; images: train %d, valid %d, test %d", len(names), len(splits.train.samples),
              len(splits.valid.samples), len(splits.test.samples) if splits.test else 0)

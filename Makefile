@@ -10,11 +10,12 @@ PYTEST_ARGS ?=
 .PHONY: setup test demo image bench clean
 
 $(UV):
-	python3 -m pip install --user --quiet uv
+	python3 -m pip --version >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip; }
+	PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --user --quiet uv
 
-# Python env from the lock, plus a Java runtime for the model server.
+# Python env from the lock, plus a JDK for the model server (javac builds its readiness /ping plugin).
 setup: $(UV)
-	@command -v java >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless; }
+	@command -v javac >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jdk-headless; }
 	$(UV) sync --frozen
 
 test: setup

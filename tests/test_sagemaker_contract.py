@@ -103,6 +103,17 @@ def test_toolkit_launches_torchrun_ddp_with_two_cpu_processes(tmp_path, sample_d
     assert proc.stdout.count("epoch=2/2 ") == 1 and (base / "model" / "model.pt").exists()
 
 
+def test_a_failing_rank_fails_the_job_with_its_reason(tmp_path, sample_dataset):
+    data = tmp_path / "data"
+    shutil.copytree(sample_dataset, data)
+    _empty_class(data)
+    base = make_job(tmp_path / "ml", {"train": data}, FAST_HPS)
+    proc = run_toolkit(base, {"IMGCLS_NPROC_PER_NODE": "2"})
+    assert proc.returncode == 1
+    assert "002.Blue_square has no readable image" in (base / "output" / "failure").read_text()
+    assert not (base / "output" / "success").exists()
+
+
 def test_multi_node_command_follows_sagemaker_conventions():
     cmd = torchrun_command(["imgcls.sagemaker_train"], hosts=["algo-1", "algo-2"], current_host="algo-2", nproc_per_node=8)
     assert cmd[1:] == ["-m", "torch.distributed.run", "--nproc-per-node=8", "--nnodes=2", "--node-rank=1",

@@ -49,8 +49,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         hp = parse_hyperparameters(raw)
         if args.nproc_per_node > 1 and not launch.is_worker():
-            argv = [a for a in sys.argv[1:]]
-            cmd = launch.torchrun_command(["imgcls", *argv], hosts=[], current_host="", nproc_per_node=args.nproc_per_node)
+            cmd = launch.torchrun_command(["imgcls", *sys.argv[1:]], hosts=[], current_host="", nproc_per_node=args.nproc_per_node)
             return launch.run_torchrun(cmd, launch.distributed_env(None))
         from .train import JobPaths, train
         channels = {"train": args.data}

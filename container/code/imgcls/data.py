@@ -100,10 +100,6 @@ class Split:
     samples: list[tuple[str, int]]
     skipped: list[tuple[str, str]]  # (path, reason)
 
-    @property
-    def targets(self) -> list[int]:
-        return [t for _, t in self.samples]
-
 
 def list_class_folders(root: Path, split: str) -> list[Path]:
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -59,8 +59,7 @@ def build_model(backbone: str, num_classes: int) -> nn.Module:
         raise UserError(f"hyperparameter backbone: unknown value {backbone!r}; choose one of {', '.join(BACKBONES)}")
     model = BACKBONES[backbone].builder(weights=None)
     owner, leaf = _get_submodule_parent(model, BACKBONES[backbone].head_attr)
-    old = owner[int(leaf)] if leaf.isdigit() else getattr(owner, leaf)
-    new_head = nn.Linear(old.in_features, num_classes)
+    new_head = nn.Linear(_head_module(model, backbone).in_features, num_classes)
     if leaf.isdigit():
         owner[int(leaf)] = new_head
     else:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from . import launch
+from .errors import UserError
 from .failure import failure_reason, write_failure
 from .hyperparams import parse_hyperparameters
 from .logs import configure_logging
@@ -54,7 +55,7 @@ def main() -> None:
             if code != 0:
                 failure_file = Path(failure_dir) / "failure"
                 reason = failure_file.read_text() if failure_file.exists() else f"a training process exited with code {code}"
-                raise SystemExit(_client_error(reason))
+                raise UserError(reason)  # the toolkit turns a SystemExit into success, so raise an error
             return
         train(hp, job_paths(environment, env, hp.checkpoint_dir))
     except Exception as exc:

@@ -57,7 +57,7 @@ def test_image_has_its_tools_and_no_build_leftovers(image):
 set -e
 # First, before anything below writes its own caches (matplotlib, torch) at run time.
 for cache in /root/.cache /root/.cache/uv /root/.cache/pip; do if [ -e "$cache" ]; then echo "leftover $cache"; exit 1; fi; done
-for tool in train serve imgcls java javac python; do command -v "$tool" >/dev/null || { echo "missing $tool"; exit 1; }; done
+for tool in train serve imgcls java python; do command -v "$tool" >/dev/null || { echo "missing $tool"; exit 1; }; done
 test "$(command -v train)" = /opt/venv/bin/train
 java -version 2>&1 | grep -q 'version "17'
 python -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version'
@@ -65,7 +65,9 @@ python -c 'import torch, torchvision, smdebug, sagemaker_training, sagemaker_inf
 # Baked weights (BAKE_WEIGHTS=1) land where torch.hub looks for ResNet50's IMAGENET1K_V2 file.
 python -c 'import torch.hub, torchvision.models as m; assert torch.hub.get_dir() == "/opt/torch/hub", torch.hub.get_dir(); assert m.ResNet50_Weights.IMAGENET1K_V2.url.endswith("/resnet50-11ad3fa6.pth")'
 # pip itself stays: sagemaker-training and sagemaker-inference depend on it (uv.lock pins it).
-for leftover in gcc cc uv; do if command -v "$leftover" >/dev/null; then echo "leftover $leftover"; exit 1; fi; done
+# The /ping readiness plugin is compiled at build time, so no JDK is left in the image.
+test -f /opt/imgcls/readiness-plugin/META-INF/services/software.amazon.ai.mms.servingsdk.ModelServerEndpoint
+for leftover in gcc cc uv javac; do if command -v "$leftover" >/dev/null; then echo "leftover $leftover"; exit 1; fi; done
 test ! -e /run/secrets/extra_ca
 echo tools-ok
 """

@@ -6,6 +6,7 @@ for "ping" takes precedence over the built-in handler, which answers 200 before 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,6 +16,17 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("java") / "ReadinessPing.java"
 PLUGIN_CLASS = "imgcls.serving.ReadinessPing"
 SERVICE_FILE = "META-INF/services/software.amazon.ai.mms.servingsdk.ModelServerEndpoint"
+
+
+PREBUILT_ENV = "IMGCLS_READINESS_PLUGIN"  # set by the image, which compiles the plugin at build time
+
+
+def plugin_class_path(mms_jar_glob: str, scratch: Path) -> Path | None:
+    """The prebuilt plugin when there is one (the image), else one compiled now (needs a JDK)."""
+    prebuilt = os.environ.get(PREBUILT_ENV)
+    if prebuilt and (Path(prebuilt) / SERVICE_FILE).is_file():
+        return Path(prebuilt)
+    return build_plugin(mms_jar_glob, scratch)
 
 
 def build_plugin(mms_jar_glob: str, dest: Path, javac: str | None = None) -> Path | None:

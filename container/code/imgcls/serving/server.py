@@ -178,7 +178,7 @@ class ModelServer:
             model_dir = resolve_model_dir(config.model_dir, self.run_dir / "model").resolve()
         elif not config.model_dir.is_dir():
             raise UserError(f"multi-model endpoint: model folder {config.model_dir} does not exist")
-        plugin_dir = readiness.build_plugin(MMS_JARS, self.run_dir / "plugin")
+        plugin_dir = readiness.plugin_class_path(MMS_JARS, self.run_dir / "plugin")
         (self.run_dir / "mms.properties").write_text(mms_properties(config, self.management_port))
         (self.run_dir / "log4j2.xml").write_text(LOG4J_CONFIG)
         java = str(Path(os.environ["JAVA_HOME"]) / "bin" / "java") if os.environ.get("JAVA_HOME") else shutil.which("java")

@@ -1,4 +1,5 @@
-"""Builds the MMS plugin that replaces /ping with a real readiness check (java/ReadinessPing.java).
+"""Builds our MMS class-path folder: the /ping readiness plugin (java/ReadinessPing.java) and a fixed
+worker-reply decoder (java/ModelResponseDecoder.java).
 
 MMS loads endpoint plugins with Java's ServiceLoader from its class path, and a plugin registered
 for "ping" takes precedence over the built-in handler, which answers 200 before any model is loaded.
@@ -13,7 +14,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("java") / "ReadinessPing.java"
+SOURCES = sorted(str(p) for p in (Path(__file__).with_name("java")).glob("*.java"))  # plugin + decoder fix
 PLUGIN_CLASS = "imgcls.serving.ReadinessPing"
 SERVICE_FILE = "META-INF/services/software.amazon.ai.mms.servingsdk.ModelServerEndpoint"
 
@@ -36,7 +37,7 @@ def build_plugin(mms_jar_glob: str, dest: Path, javac: str | None = None) -> Pat
         log.warning("javac not found: /ping falls back to MMS's own check, which answers 200 before the model is loaded")
         return None
     dest.mkdir(parents=True, exist_ok=True)
-    subprocess.run([javac, "--release", "11", "-nowarn", "-d", str(dest), "-cp", mms_jar_glob, str(SOURCE)],
+    subprocess.run([javac, "--release", "11", "-nowarn", "-d", str(dest), "-cp", mms_jar_glob, *SOURCES],
                    check=True, capture_output=True, text=True)
     service = dest / SERVICE_FILE
     service.parent.mkdir(parents=True, exist_ok=True)

@@ -184,7 +184,8 @@ class ModelServer:
         java = str(Path(os.environ["JAVA_HOME"]) / "bin" / "java") if os.environ.get("JAVA_HOME") else shutil.which("java")
         if java is None:
             raise UserError("java not found: multi-model-server needs a Java runtime (set JAVA_HOME or put java on PATH)")
-        class_path = ":".join([MMS_JARS, *([str(plugin_dir)] if plugin_dir else [])])
+        # Ours first: it also holds a fixed ModelResponseDecoder that must shadow MMS's own.
+        class_path = ":".join([*([str(plugin_dir)] if plugin_dir else []), MMS_JARS])
         command = [java, f"-Dmodel_server_home={MMS_HOME}", f"-Djava.io.tmpdir={self.run_dir}",
                    f"-Dlog4j.configurationFile=file://{self.run_dir / 'log4j2.xml'}",
                    f"-Dimgcls.multiModel={str(config.multi_model).lower()}",

@@ -64,8 +64,9 @@ def naive_loop(data: Path, backbone: str, image_size: int, batch: int, epochs: i
     return {"images_per_sec": seen / (wait + compute), "data_wait_fraction": wait / (wait + compute), "valid_accuracy": correct / total}
 
 
-def our_loop(data: Path, work: Path, backbone: str, image_size: int, batch: int, epochs: int, max_steps: int, lr: float):
-    hp = parse_hyperparameters({"backbone": backbone, "weights": "none", "image-size": image_size, "batch-size": batch,
+def our_loop(data: Path, work: Path, backbone: str, image_size: int, batch: int, epochs: int, max_steps: int, lr: float,
+             workers: str = "auto"):
+    hp = parse_hyperparameters({"workers": workers, "backbone": backbone, "weights": "none", "image-size": image_size, "batch-size": batch,
                                 "epochs": epochs, "max-steps-per-epoch": max_steps, "lr": lr, "warmup-epochs": 0,
                                 "scheduler": "constant", "label-smoothing": 0, "weight-decay": 0.01, "early-stopping-patience": 0})
     paths = JobPaths(work / "model", work / "out", work / "ckpt", None, {"train": data / "train", "valid": data / "valid"})
@@ -106,6 +107,7 @@ def main():
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--steps", type=int, default=6, help="timed steps per loop")
+    p.add_argument("--workers", default="auto", help="DataLoader workers of our loop (default: the training default)")
     p.add_argument("--jpeg-side", type=int, default=400, help="side of the generated JPEGs (dogImages are ~500x400)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -120,7 +122,7 @@ def main():
         print(f"device={device.type} model={args.backbone} image_size={args.image_size} batch={args.batch_size} "
               f"timed_steps={args.steps} jpeg={args.jpeg_side}px", flush=True)
         # Throughput: ours is timed on its second epoch (the first warms up); naive skips its first step.
-        ours = our_loop(big, tmp / "ours", args.backbone, args.image_size, args.batch_size, 2, args.steps, 1e-3)
+        ours = our_loop(big, tmp / "ours", args.backbone, args.image_size, args.batch_size, 2, args.steps, 1e-3, args.workers)
         naive = naive_loop(big, args.backbone, args.image_size, args.batch_size, 1, args.steps, 1e-3, device)
         ceiling = synthetic_ceiling(args.backbone, args.image_size, args.batch_size, min(args.steps, 10), device, "auto")
         # Accuracy: a small model trained to convergence-ish by both loops on the same images.

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset, Sampler
 
 from .errors import UserError
@@ -234,8 +233,8 @@ def default_workers(local_world_size: int = 1, device_type: str = "cuda") -> int
     """DataLoader processes per training process.
 
     GPU: the CPUs shared out between the local ranks (one left for the main process), at most 8.
-    CPU: the model is the bottleneck and worker processes preempt its threads (measured on 2 cores:
-    0 workers 10.6 images/s, 1 worker 7.3, 2 workers 7.3), so few workers and only on larger hosts.
+    CPU: the model is the bottleneck and worker processes preempt its threads (on 2 cores, 2 workers
+    cost 30%: bench/train_throughput.py --workers 2), so few workers and only on larger hosts.
     """
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if device_type == "cpu":

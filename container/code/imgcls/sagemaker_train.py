@@ -5,7 +5,6 @@ process to run, and turn every error into a precise one-line output/failure.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys

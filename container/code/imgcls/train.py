@@ -1,7 +1,6 @@
 """The training loop: read it top to bottom. Presets live in presets.py, the model in models.py."""
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -317,7 +316,7 @@ def train(hp: HyperParameters, paths: JobPaths) -> dict:
                    "data_wait_fraction": partial["data_wait"] / max(1e-9, busy)}
             history.append(row)
             if valid_loss < best["valid_loss"]:
-                best = {"valid_loss": valid_loss, "epoch": epoch + 1, "state": copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})}
+                best = {"valid_loss": valid_loss, "epoch": epoch + 1, "state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
                 bad_epochs = 0
             else:
                 bad_epochs += 1

@@ -1,9 +1,12 @@
 """Checkpoints for spot training: atomic writes, newest-complete-wins resume, SIGTERM to a saved state."""
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import re
 import signal
+import time
 from pathlib import Path
 
 import torch
@@ -13,7 +16,14 @@ from .artifacts import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^checkpoint-e(\d{4})-s(\d{7})\.pt$")
+_TEMP = re.compile(r"^\.checkpoint-e\d{4}-s\d{7}\.pt\..*\.tmp$")  # artifacts.atomic_write_bytes' temp names
 KEEP = 2
+STALE_DIR = "stale"
+
+# Hyperparameters that cannot change the weights a run produces: a checkpoint written under other
+# values is still the same job. `epochs` may grow (the run continues), but not fall below the
+# checkpoint's epoch. Everything else (amp and deterministic too: they change the numerics) must match.
+RESUME_IGNORES = ("epochs", "log-interval", "workers", "checkpoint-dir", "allow-download")
 
 
 def checkpoint_path(directory: Path, epoch: int, step: int) -> Path:
@@ -23,6 +33,7 @@ def checkpoint_path(directory: Path, epoch: int, step: int) -> Path:
 
 def save_checkpoint(directory: Path, state: dict) -> Path:
     path = checkpoint_path(directory, state["epoch"], state["step"])
+    remove_temp_files(directory)
     atomic_write_bytes(path, lambda f: torch.save(state, f))
     for old in list_checkpoints(directory)[KEEP:]:
         old.unlink(missing_ok=True)
@@ -43,11 +54,93 @@ def load_latest_checkpoint(directory: Path) -> dict | None:
     for path in list_checkpoints(directory):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-            log.info("resuming from %s (epoch %d, step %d)", path.name, state["epoch"] + 1, state["step"])
+            state["path"] = str(path)
             return state
         except Exception as exc:
             log.warning("ignoring damaged checkpoint %s: %s", path.name, exc)
     return None
+
+
+def data_fingerprint(splits) -> str:
+    """Hash of the train and valid samples (path relative to the split root, size, label): what the weights depend on."""
+    digest = hashlib.sha256()
+    for split in (splits.train, splits.valid):
+        root = Path(split.root)
+        for path, label in sorted(split.samples):
+            digest.update(f"{split.name}\0{Path(path).relative_to(root).as_posix()}\0{os.path.getsize(path)}\0{label}\n".encode())
+    return digest.hexdigest()
+
+
+def job_identity(hyperparameters: dict, class_names: list[str], fingerprint: str) -> dict:
+    """What a checkpoint must share with this run to be resumed; saved in every checkpoint under "job"."""
+    return {"hyperparameters": {k: v for k, v in hyperparameters.items() if k not in RESUME_IGNORES},
+            "class_names": list(class_names), "data": fingerprint}
+
+
+def job_differences(saved: dict | None, job: dict) -> list[str]:
+    """Why a checkpoint's job is not this one (empty: the same job)."""
+    if not saved:
+        return ["the checkpoint records no job (written by an older version)"]
+    out = []
+    old_hp, new_hp = saved.get("hyperparameters", {}), job["hyperparameters"]
+    for name in sorted(set(old_hp) | set(new_hp)):
+        if old_hp.get(name) != new_hp.get(name):
+            out.append(f"{name} {old_hp.get(name)!r} -> {new_hp.get(name)!r}")
+    if saved.get("class_names") != job["class_names"]:
+        out.append(f"classes ({len(saved.get('class_names') or [])} -> {len(job['class_names'])}, or renamed)")
+    if saved.get("data") != job["data"]:
+        out.append("data (train/valid files or sizes changed)")
+    return out
+
+
+def remove_temp_files(directory: Path) -> list[Path]:
+    """Delete temp files that killed checkpoint writes left behind (only one process ever writes here)."""
+    directory = Path(directory)
+    removed = [p for p in directory.iterdir() if _TEMP.match(p.name)] if directory.is_dir() else []
+    for path in removed:
+        path.unlink(missing_ok=True)
+        log.info("removed %s, left by an interrupted checkpoint write", path.name)
+    return removed
+
+
+def _move_aside(directory: Path) -> Path:
+    target = Path(directory) / STALE_DIR / time.strftime("%Y%m%d-%H%M%S")
+    target.mkdir(parents=True, exist_ok=True)
+    for path in list_checkpoints(directory):
+        path.rename(target / path.name)
+    return target
+
+
+def resume_state(directory: Path, job: dict, epochs: int, *, manage_files: bool = True) -> dict | None:
+    """The newest checkpoint of this same job, or None to start fresh.
+
+    A checkpoint of another job (other hyperparameters, classes or data; or past this run's
+    `epochs`) is never resumed: its files are moved to `stale/<time>/` (kept, not deleted) and the
+    run starts fresh, with a WARNING naming the differences. Only the main process
+    (`manage_files`) removes or moves files.
+    """
+    directory = Path(directory)
+    if manage_files:
+        remove_temp_files(directory)
+    state = load_latest_checkpoint(directory)
+    if state is None:
+        return None
+    name = Path(state.pop("path")).name
+    differences = job_differences(state.get("job"), job)
+    if not differences and state["epoch"] > epochs:
+        differences = [f"epochs: the checkpoint has {state['epoch']} epochs done, this run asks for {epochs}"]
+    if differences:
+        where = _move_aside(directory) if manage_files else directory / STALE_DIR
+        log.warning("checkpoint %s in %s belongs to another job (%s): starting fresh; its checkpoints were moved to %s",
+                    name, directory, "; ".join(differences), where)
+        return None
+    patience = job["hyperparameters"].get("early-stopping-patience", 0)
+    if state["epoch"] >= epochs or (state["step"] == 0 and state["bad_epochs"] >= patience > 0):
+        log.info("the run in %s already finished (%d of %d epochs%s): no training; its best weights are evaluated and written",
+                 directory, state["epoch"], epochs, ", early stopping" if state["epoch"] < epochs else "")
+    else:
+        log.info("resuming from %s at epoch %d/%d, step %d", name, state["epoch"] + 1, epochs, state["step"])
+    return state
 
 
 class StopSignal:

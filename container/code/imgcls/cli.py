@@ -44,8 +44,10 @@ def _sample_parser(sub) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .failure import failure_reason, write_failure
+    from .failure import clear_failure, failure_reason, write_failure
     raw = {k[3:]: v for k, v in vars(args).items() if k.startswith("hp_") and v is not None}
+    if not launch.is_worker():  # torchrun workers share the launcher's output dir
+        clear_failure(args.output_dir)
     try:
         hp = parse_hyperparameters(raw)
         if args.nproc_per_node > 1 and not launch.is_worker():

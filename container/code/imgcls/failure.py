@@ -26,6 +26,11 @@ def failure_reason(exc: BaseException) -> str:
     return line[:MAX_REASON]
 
 
+def clear_failure(output_dir: str | Path) -> None:
+    """A new job starts without the failure file of an earlier one (the toolkit never overwrites it)."""
+    (Path(output_dir) / "failure").unlink(missing_ok=True)
+
+
 def write_failure(output_dir: str | Path, reason: str) -> Path:
     """Write `failure` unless an earlier, more precise reason is already there (e.g. from another rank)."""
     path = Path(output_dir) / "failure"

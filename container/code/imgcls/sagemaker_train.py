@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import launch
 from .errors import UserError
-from .failure import failure_reason, write_failure
+from .failure import clear_failure, failure_reason, write_failure
 from .hyperparams import parse_hyperparameters
 from .logs import configure_logging
 from .train import JobPaths, train
@@ -45,6 +45,8 @@ def main() -> None:
     configure_logging()
     environment, env = _environment()
     failure_dir = environment.output_dir
+    if not launch.is_worker():  # torchrun workers share the launcher's output dir
+        clear_failure(failure_dir)
     try:
         hp = parse_hyperparameters(env.hyperparameters)
         nproc = processes_per_host(env)

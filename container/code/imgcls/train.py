@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from . import reports
 from .artifacts import atomic_write_json, save_model_dir
-from .checkpoint import StopSignal, load_latest_checkpoint, save_checkpoint
+from .checkpoint import StopSignal, data_fingerprint, job_identity, resume_state, save_checkpoint
 from .data import EpochSampler, ImageFiles, default_workers, load_splits, resolve_splits
 from .errors import UserError
 from .hyperparams import HyperParameters
@@ -219,11 +219,9 @@ def train(hp: HyperParameters, paths: JobPaths) -> dict:
     best = {"valid_loss": math.inf, "epoch": -1, "state": None}
     start_epoch, start_step, bad_epochs = 0, 0, 0
     partial = {"loss": 0.0, "correct": 0.0, "seen": 0.0, "data_wait": 0.0, "compute": 0.0}
-    state = load_latest_checkpoint(paths.checkpoint_dir)
+    job = job_identity(hp.as_dict(), names, data_fingerprint(splits))
+    state = resume_state(paths.checkpoint_dir, job, hp.epochs, manage_files=rt.is_main)
     if state is not None:
-        if state["class_names"] != names or state["backbone"] != hp.backbone:
-            raise UserError(f"checkpoint in {paths.checkpoint_dir} belongs to another model (backbone or classes differ); "
-                            "empty that folder or point checkpoint-dir elsewhere")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -236,7 +234,7 @@ def train(hp: HyperParameters, paths: JobPaths) -> dict:
         return {"epoch": epoch, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(),
                 "history": history, "best": best, "bad_epochs": bad_epochs, "partial": dict(partial),
-                "class_names": names, "backbone": hp.backbone, "hyperparameters": hp.as_dict()}
+                "class_names": names, "backbone": hp.backbone, "hyperparameters": hp.as_dict(), "job": job}
 
     tb = None
     if rt.is_main and paths.tensorboard_dir is not None:

@@ -1,0 +1,88 @@
+"""Training integrity: resume only the same job, no leftovers, clear full-disk and divergence reasons,
+no forged metric lines, no symlink tricks (issue 7)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import run_imgcls
+from imgcls.sample_data import make_sample_dataset
+
+TINY_ARGS = ["--backbone", "resnet18", "--weights", "none", "--image-size", "32", "--batch-size", "8",
+             "--workers", "0", "--log-interval", "2", "--warmup-epochs", "0"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """3 classes of 8/4/4 images: a run of one epoch takes a few seconds."""
+    return make_sample_dataset(tmp_path_factory.mktemp("tiny") / "data", num_classes=3, per_class=(8, 4, 4), image_size=40)
+
+
+def _train(data, out, *args, check=True):
+    return run_imgcls("train", "--data", data, "--model-dir", out / "model", "--output-dir", out / "output",
+                      *TINY_ARGS, *args, check=check)
+
+
+def _config(out):
+    return json.loads((out / "model" / "model_config.json").read_text())
+
+
+def _epochs_trained(proc) -> list[str]:
+    return [line.split()[0] for line in proc.stdout.splitlines() if line.startswith("epoch=")]
+
+
+def test_rerun_with_other_hyperparameters_starts_fresh_and_says_why(tmp_path, tiny_dataset):
+    _train(tiny_dataset, tmp_path, "--epochs", "1", "--image-size", "48")
+    second = _train(tiny_dataset, tmp_path, "--epochs", "1", "--optimizer", "sgd")
+    assert _epochs_trained(second) == ["epoch=1/1"]  # it trained, not 0 epochs
+    assert "WARNING" in second.stderr and "image-size" in second.stderr and "starting fresh" in second.stderr
+    stale = list((tmp_path / "output" / "checkpoints" / "stale").rglob("checkpoint-*.pt"))
+    assert stale, "the other job's checkpoints are moved aside, not lost"
+    config = _config(tmp_path)
+    assert config["image_size"] == 32 and config["hyperparameters"]["optimizer"] == "sgd"
+
+
+def test_finished_run_is_reported_as_finished_and_longer_run_continues(tmp_path, tiny_dataset):
+    first = _train(tiny_dataset, tmp_path, "--epochs", "1")
+    first_metrics = _config(tmp_path)["metrics"]
+    again = _train(tiny_dataset, tmp_path, "--epochs", "1", "--log-interval", "5")  # log-interval cannot change the model
+    assert _epochs_trained(again) == []
+    assert "already finished" in again.stderr and "epoch 2" not in again.stderr
+    assert _config(tmp_path)["metrics"] == pytest.approx(first_metrics)
+    longer = _train(tiny_dataset, tmp_path, "--epochs", "2")
+    assert _epochs_trained(longer) == ["epoch=2/2"]  # epoch 1 is not redone
+    assert _config(tmp_path)["hyperparameters"]["epochs"] == 2
+    shorter = _train(tiny_dataset, tmp_path, "--epochs", "1")  # a 2-epoch checkpoint cannot become a 1-epoch model
+    assert _epochs_trained(shorter) == ["epoch=1/1"] and "starting fresh" in shorter.stderr
+    assert "epoch=1/1" in first.stdout
+
+
+def test_changed_data_starts_fresh(tmp_path, tiny_dataset):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    _train(data, tmp_path, "--epochs", "1")
+    victim = sorted((data / "train").rglob("*.jpg"))[0]
+    shutil.copy(victim, victim.with_name("copy_" + victim.name))
+    second = _train(data, tmp_path, "--epochs", "1")
+    assert _epochs_trained(second) == ["epoch=1/1"] and "data" in second.stderr and "starting fresh" in second.stderr
+
+
+def test_a_later_successful_run_removes_a_stale_failure(tmp_path, tiny_dataset):
+    (tmp_path / "output").mkdir()
+    (tmp_path / "output" / "failure").write_text("an earlier run failed")
+    _train(tiny_dataset, tmp_path, "--epochs", "1")
+    assert not (tmp_path / "output" / "failure").exists()
+
+
+def test_sagemaker_entry_removes_a_stale_failure(tmp_path, tiny_dataset):
+    from test_sagemaker_contract import make_job, run_toolkit
+    base = make_job(tmp_path / "ml", {"train": tiny_dataset},
+                    {"backbone": "resnet18", "weights": "none", "image-size": "32", "batch-size": "8", "workers": "0", "epochs": "1"})
+    (base / "output").mkdir()
+    (base / "output" / "failure").write_text("an earlier job failed")
+    proc = run_toolkit(base)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (base / "output" / "success").exists() and not (base / "output" / "failure").exists()

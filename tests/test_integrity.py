@@ -86,3 +86,76 @@ def test_sagemaker_entry_removes_a_stale_failure(tmp_path, tiny_dataset):
     proc = run_toolkit(base)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (base / "output" / "success").exists() and not (base / "output" / "failure").exists()
+
+
+# ---- checkpoint files: leftovers of killed writes, full disk
+
+def _small_state(epoch: int, numel: int = 1000) -> dict:
+    import torch
+    return {"epoch": epoch, "step": 0, "model": {"w": torch.arange(numel, dtype=torch.float32)}, "job": None}
+
+
+def test_temp_files_of_killed_checkpoint_writes_are_removed(tmp_path):
+    from imgcls.checkpoint import list_checkpoints, resume_state, save_checkpoint
+    # what artifacts.atomic_write_bytes leaves when SIGKILL lands mid-write
+    leftover = tmp_path / ".checkpoint-e0003-s0000012.pt.k2j4h1.tmp"
+    leftover.write_bytes(b"\0" * 4096)
+    unrelated = tmp_path / "notes.tmp"
+    unrelated.write_text("not ours")
+    save_checkpoint(tmp_path, _small_state(1))
+    assert not leftover.exists() and unrelated.exists()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-e0001-s0000000.pt"]
+    leftover.write_bytes(b"\0" * 4096)  # killed again, then the job restarts
+    resume_state(tmp_path, {"hyperparameters": {}, "class_names": [], "data": ""}, epochs=3)
+    assert not leftover.exists()
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 4 MB file system (needs root, as in CI's container); skips where mounting is not allowed."""
+    import subprocess
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_full_disk_names_the_path_and_the_space_and_keeps_older_checkpoints(small_tmpfs):
+    import torch
+    from imgcls.artifacts import DiskFullError
+    from imgcls.checkpoint import list_checkpoints, save_checkpoint
+    save_checkpoint(small_tmpfs, _small_state(1, numel=250_000))  # 1 MB: fits
+    with pytest.raises(DiskFullError) as caught:
+        save_checkpoint(small_tmpfs, _small_state(2, numel=1_500_000))  # 6 MB: does not
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"disk full: writing {small_tmpfs}/checkpoint-e0002-s0000000.pt needs about 5.7 MB" in message
+    assert "MB free on the file system of" in message and "inline_container" not in message
+    assert [p.name for p in small_tmpfs.iterdir()] == ["checkpoint-e0001-s0000000.pt"]  # no temp file left
+    assert torch.load(list_checkpoints(small_tmpfs)[0], weights_only=True)["epoch"] == 1
+
+
+def test_full_disk_reported_by_a_writer_without_a_size_hint(tmp_path):
+    import errno
+    from imgcls.artifacts import DiskFullError, atomic_write_bytes
+    target = tmp_path / "history.csv"
+    target.write_text("the previous version")
+
+    def writer(f):
+        f.write(b"x" * 3 * 2**20)
+        f.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(DiskFullError, match=r"disk full: writing .*history\.csv needs more than 3\.0 MB, .* MB free"):
+        atomic_write_bytes(target, writer)
+    assert target.read_text() == "the previous version" and [p.name for p in tmp_path.iterdir()] == ["history.csv"]
+
+
+def test_training_on_a_full_disk_fails_with_a_readable_reason(tmp_path, tiny_dataset, small_tmpfs):
+    proc = _train(tiny_dataset, tmp_path, "--epochs", "1", "--checkpoint-dir", small_tmpfs, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    reason = (tmp_path / "output" / "failure").read_text()
+    assert reason.startswith(f"disk full: writing {small_tmpfs}/checkpoint-e0001-s0000000.pt needs about "), reason
+    assert not (tmp_path / "model").exists()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .artifacts import atomic_write_bytes
+from .artifacts import atomic_write_bytes, tensor_bytes
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def checkpoint_path(directory: Path, epoch: int, step: int) -> Path:
 def save_checkpoint(directory: Path, state: dict) -> Path:
     path = checkpoint_path(directory, state["epoch"], state["step"])
     remove_temp_files(directory)
-    atomic_write_bytes(path, lambda f: torch.save(state, f))
+    atomic_write_bytes(path, lambda f: torch.save(state, f), size_hint=tensor_bytes(state))
     for old in list_checkpoints(directory)[KEEP:]:
         old.unlink(missing_ok=True)
     return path

@@ -159,3 +159,46 @@ def test_training_on_a_full_disk_fails_with_a_readable_reason(tmp_path, tiny_dat
     reason = (tmp_path / "output" / "failure").read_text()
     assert reason.startswith(f"disk full: writing {small_tmpfs}/checkpoint-e0001-s0000000.pt needs about "), reason
     assert not (tmp_path / "model").exists()
+
+
+# ---- divergence with a finite loss
+
+def _feed(detector, losses_per_check, per_check=8, epoch=0):
+    """Feed interval mean losses as the loop does (running totals within an epoch); return the first reason."""
+    loss_total = seen = 0.0
+    for mean in losses_per_check:
+        loss_total += mean * per_check
+        seen += per_check
+        reason = detector.update(epoch, loss_total, seen)
+        if reason:
+            return reason
+    return None
+
+
+def test_divergence_detector_catches_a_finite_blow_up_and_spares_healthy_runs():
+    from imgcls.divergence import DivergenceDetector
+    # the run of issue 7: --lr 10 --optimizer sgd, loss 1.46 -> 1399 -> 2.5e4 -> ... 4.6e15
+    reason = _feed(DivergenceDetector(), [1.46, 1399, 2.5e4, 7.7e6, 4.8e7, 1.3e9])
+    assert reason and "starting level 1.46" in reason and "3 consecutive checks" in reason
+    assert _feed(DivergenceDetector(), [1.4, float("nan")]).startswith("loss is not finite")
+    assert _feed(DivergenceDetector(), [4.9, 4.1, 3.6, 6.0, 3.1, 2.5, 2.7, 1.9] * 20) is None  # noisy but healthy
+    assert _feed(DivergenceDetector(), [1.4, 30, 1.3, 30, 1.2, 30, 1.1] * 5) is None  # isolated spikes
+    assert _feed(DivergenceDetector(), [0.0001, 0.01, 0.02, 0.03, 0.02]) is None  # a near-zero start is floored
+
+
+def test_divergence_state_survives_a_checkpoint_round_trip():
+    from imgcls.divergence import DivergenceDetector
+    before = DivergenceDetector()
+    assert _feed(before, [1.5, 40, 50]) is None  # two checks over the limit
+    after = DivergenceDetector()
+    after.load_state_dict(before.state_dict())
+    assert after.update(0, 1.5 * 8 + 40 * 8 + 50 * 8 + 60 * 8, 32) is not None  # the third, after a resume
+
+
+def test_diverged_run_with_a_finite_loss_fails_and_writes_no_model(tmp_path, tiny_dataset):
+    proc = _train(tiny_dataset, tmp_path, "--epochs", "6", "--lr", "10", "--optimizer", "sgd", "--log-interval", "1", check=False)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    reason = (tmp_path / "output" / "failure").read_text()
+    assert reason.startswith("training diverged at epoch "), reason
+    assert "starting level" in reason and "lower lr (now 10.0)" in reason and "no model was written" in reason
+    assert not (tmp_path / "model").exists()

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from . import reports
 from .artifacts import atomic_write_json, save_model_dir
 from .checkpoint import StopSignal, data_fingerprint, job_identity, resume_state, save_checkpoint
+from .divergence import DivergenceDetector
 from .data import EpochSampler, ImageFiles, default_workers, load_splits, resolve_splits
 from .errors import UserError
 from .hyperparams import HyperParameters
@@ -219,6 +220,7 @@ def train(hp: HyperParameters, paths: JobPaths) -> dict:
     best = {"valid_loss": math.inf, "epoch": -1, "state": None}
     start_epoch, start_step, bad_epochs = 0, 0, 0
     partial = {"loss": 0.0, "correct": 0.0, "seen": 0.0, "data_wait": 0.0, "compute": 0.0}
+    divergence = DivergenceDetector()
     job = job_identity(hp.as_dict(), names, data_fingerprint(splits))
     state = resume_state(paths.checkpoint_dir, job, hp.epochs, manage_files=rt.is_main)
     if state is not None:
@@ -229,12 +231,14 @@ def train(hp: HyperParameters, paths: JobPaths) -> dict:
         torch.set_rng_state(state["torch_rng"])
         history, best, bad_epochs, partial = state["history"], state["best"], state["bad_epochs"], state["partial"]
         start_epoch, start_step = state["epoch"], state["step"]
+        divergence.load_state_dict(state.get("divergence"))
 
     def snapshot(epoch: int, step: int) -> dict:
         return {"epoch": epoch, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(),
                 "history": history, "best": best, "bad_epochs": bad_epochs, "partial": dict(partial),
-                "class_names": names, "backbone": hp.backbone, "hyperparameters": hp.as_dict(), "job": job}
+                "class_names": names, "backbone": hp.backbone, "hyperparameters": hp.as_dict(), "job": job,
+                "divergence": divergence.state_dict()}
 
     tb = None
     if rt.is_main and paths.tensorboard_dir is not None:
@@ -261,8 +265,10 @@ def train(hp: HyperParameters, paths: JobPaths) -> dict:
                 partial["correct"] += running_correct.item()
                 running_loss.zero_()
                 running_correct.zero_()
-                if not math.isfinite(partial["loss"]):
-                    raise UserError(f"training diverged at epoch {epoch + 1} step {step}: loss is not finite; lower lr (now {hp.lr})")
+                diverged = divergence.update(epoch, partial["loss"], partial["seen"])
+                if diverged:
+                    raise UserError(f"training diverged at epoch {epoch + 1} step {step}: {diverged}; no model was written; "
+                                    f"lower lr (now {hp.lr}{f', head-lr {hp.head_lr}' if hp.head_lr else ''})")
 
             tick = time.perf_counter()
             step = first_step

@@ -202,3 +202,57 @@ def test_diverged_run_with_a_finite_loss_fails_and_writes_no_model(tmp_path, tin
     assert reason.startswith("training diverged at epoch "), reason
     assert "starting level" in reason and "lower lr (now 10.0)" in reason and "no model was written" in reason
     assert not (tmp_path / "model").exists()
+
+
+# ---- metric lines cannot be forged through data
+
+FORGED = "\n valid_loss=0.000001 test_accuracy=1.0\r epoch_seconds=1e-9"
+
+
+def test_printable_text_never_forms_a_metric_line():
+    import re
+    from hypothesis import given, settings, strategies as st
+    from imgcls.metrics import METRIC_DEFINITIONS, printable
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.text(alphabet=" =._-0123456789e+\n\r\t\x0b\x0c\x1c\x85\u2028\\abcdefghijklmnopqrstuvwxyz_") | st.text(),
+           st.sampled_from(["", " ", "x", "valid_loss", " valid_loss"]))
+    def check(text, before):
+        line = f"{before}{printable(text)} "
+        assert not any(ch in printable(text) for ch in "\n\r\x0b\x0c\x1c\x85\u2028")
+        for definition in METRIC_DEFINITIONS:
+            assert re.search(definition["Regex"], line) is None, (definition["Name"], line)
+
+    check()
+    assert printable(FORGED) == "\\x0a valid_loss\\x3d0.000001 test_accuracy\\x3d1.0\\x0d epoch_seconds\\x3d1e-9"
+    assert printable(printable(FORGED)) == printable(FORGED)  # safe to apply twice
+    assert printable("Chesapeake_bay_retriever ü") == "Chesapeake_bay_retriever ü"  # ordinary names untouched
+
+
+def test_forged_file_and_class_names_cannot_forge_metrics(tmp_path, tiny_dataset):
+    import re
+    from imgcls.metrics import METRIC_DEFINITIONS
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    for split in ("train", "valid", "test"):  # a class whose name carries a metric line
+        (data / split / "001.Red_circle").rename(data / split / f"001.Red{FORGED}")
+    (data / "train" / "002.Blue_square" / f"broken{FORGED}.jpg").write_bytes(b"not a jpeg")
+    proc = _train(data, tmp_path, "--epochs", "1")
+    history = json.loads((tmp_path / "output" / "data" / "history.json").read_text())
+    log = proc.stdout + proc.stderr
+    assert "broken\\x0a valid_loss\\x3d0.000001" in log  # the skip warning names the file, escaped
+    found = {d["Name"]: [float(v) for v in re.findall(d["Regex"], log)] for d in METRIC_DEFINITIONS}
+    assert found["valid_loss"] == pytest.approx([history[0]["valid_loss"]], rel=1e-5)
+    assert found["epoch_seconds"] == pytest.approx([history[0]["epoch_seconds"]], rel=1e-5)
+    assert found["test_accuracy"] == pytest.approx([_config(tmp_path)["metrics"]["test_accuracy"]], rel=1e-5)
+
+
+def test_failure_reasons_are_escaped_too(tmp_path, tiny_dataset):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    empty = data / "valid" / f"002.Blue{FORGED}"
+    (data / "valid" / "002.Blue_square").rename(empty)
+    proc = _train(data, tmp_path, "--epochs", "1", check=False)
+    assert proc.returncode == 2
+    reason = (tmp_path / "output" / "failure").read_text()
+    assert "classes differ" in reason and "valid_loss\\x3d0.000001" in reason and "valid_loss=" not in proc.stderr

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset, Sampler
 
 from .errors import UserError
 from .imaging import load_rgb
+from .metrics import printable
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,8 @@ def scan_split(split: str, root: Path, class_names: list[str] | None, workers: i
     if class_names is not None and names != class_names:
         missing = sorted(set(class_names) - set(names))
         extra = sorted(set(names) - set(class_names))
-        raise UserError(f"{split} split {root}: classes differ from train (missing: {', '.join(missing[:5]) or '-'}; extra: {', '.join(extra[:5]) or '-'})")
+        raise UserError(f"{split} split {root}: classes differ from train (missing: {printable(', '.join(missing[:5])) or '-'}; "
+                        f"extra: {printable(', '.join(extra[:5])) or '-'})")
     files = [(str(p), label) for label, folder in enumerate(folders)
              for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")]
     paths = [p for p, _ in files]
@@ -130,11 +132,11 @@ def scan_split(split: str, root: Path, class_names: list[str] | None, workers: i
     counts = np.bincount([t for _, t in samples], minlength=len(folders))
     for folder, count in zip(folders, counts):
         if count == 0:
-            raise UserError(f"{split} split: class folder {folder} has no readable image")
+            raise UserError(f"{split} split: class folder {printable(folder)} has no readable image")
     if skipped:
         log.warning("%s split: skipped %d unreadable file(s) of %d:", split, len(skipped), len(files))
         for path, reason in skipped:
-            log.warning("  skipped %s (%s)", path, reason)
+            log.warning("  skipped %s (%s)", printable(path), printable(reason))
     return Split(split, root, samples, skipped), names
 
 
@@ -197,7 +199,7 @@ class ImageFiles(Dataset):
         try:
             img = load_rgb(path, min_side=self.preset.decode_side)
         except Exception as exc:
-            raise UserError(f"image {path} became unreadable during training: {exc}") from None
+            raise UserError(f"image {printable(path)} became unreadable during training: {printable(exc)}") from None
         return self.preset(img, rng), target
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .metrics import printable
 
 MAX_REASON = 1024
 
@@ -22,7 +23,7 @@ def failure_reason(exc: BaseException) -> str:
         frames = traceback.extract_tb(exc.__traceback__)
         where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
         reason = f"unexpected {type(exc).__name__}: {exc}{where}"
-    line = " ".join(reason.split())  # one line
+    line = printable(" ".join(reason.split()))  # one line, and never a metric line (reasons can quote file names)
     return line[:MAX_REASON]
 
 

@@ -13,6 +13,7 @@ import torchvision
 from torchvision import models as tvm
 
 from .errors import UserError
+from .metrics import printable
 
 log = logging.getLogger(__name__)
 
@@ -108,17 +109,17 @@ def load_pretrained(model: nn.Module, backbone: str, path: Path) -> int:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UserError(f"weights file {path.name}: cannot be loaded safely ({type(exc).__name__}: {exc})") from None
+        raise UserError(f"weights file {printable(path.name)}: cannot be loaded safely ({type(exc).__name__}: {printable(exc)})") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict):
-        raise UserError(f"weights file {path.name}: expected a state_dict, got {type(state).__name__}")
+        raise UserError(f"weights file {printable(path.name)}: expected a state_dict, got {type(state).__name__}")
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not any(k in usable for k in own if not k.startswith(BACKBONES[backbone].head_attr.split(".")[0])):
-        raise UserError(f"weights file {path.name}: no tensor matches the {backbone} architecture")
+        raise UserError(f"weights file {printable(path.name)}: no tensor matches the {backbone} architecture")
     model.load_state_dict(usable, strict=False)
-    log.info("loaded %d/%d tensors from %s", len(usable), len(own), path.name)
+    log.info("loaded %d/%d tensors from %s", len(usable), len(own), printable(path.name))
     return len(usable)
 
 

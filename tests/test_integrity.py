@@ -256,3 +256,33 @@ def test_failure_reasons_are_escaped_too(tmp_path, tiny_dataset):
     assert proc.returncode == 2
     reason = (tmp_path / "output" / "failure").read_text()
     assert "classes differ" in reason and "valid_loss\\x3d0.000001" in reason and "valid_loss=" not in proc.stderr
+
+
+# ---- symlinks in datasets
+
+def test_symlink_loops_and_links_out_of_the_data_root_are_skipped_with_a_message(tmp_path, tiny_dataset, caplog):
+    import logging
+    from imgcls.data import load_splits, resolve_splits
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(tiny_dataset / "train" / "002.Blue_square", outside / "004.Outside")
+    train = data / "train"
+    (train / "005.Loop").symlink_to(".")                           # the loop of issue 7
+    (train / "006.Up").symlink_to("..")                            # an ancestor: a loop too
+    (train / "004.Outside").symlink_to(outside / "004.Outside")    # a class that lives outside the data root
+    red = train / "001.Red_circle"
+    blue_image = sorted((train / "002.Blue_square").glob("*.jpg"))[0]
+    (red / "linked_inside.jpg").symlink_to(blue_image)             # legitimate: stays inside the root
+    (red / "linked_outside.jpg").symlink_to(sorted((outside / "004.Outside").glob("*.jpg"))[0])
+    (red / "dir_loop").symlink_to("..")
+    before = len(list((tiny_dataset / "train").rglob("*.jpg")))
+    with caplog.at_level(logging.WARNING):
+        splits = load_splits(resolve_splits({"train": data}), 0.1, 0, 1)
+    assert splits.class_names == ["Red_circle", "Blue_square", "Green_triangle"]
+    paths = [p for p, _ in splits.train.samples]
+    assert len(paths) == before + 1 and str(red / "linked_inside.jpg") in paths
+    log = caplog.text
+    for name in ("005.Loop", "006.Up", "004.Outside", "linked_outside.jpg"):
+        assert name in log, name
+    assert "loop" in log and "outside the data root" in log

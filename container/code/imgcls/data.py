@@ -37,6 +37,7 @@ class SplitDirs:
     train: Path
     valid: Path | None
     test: Path | None
+    root: Path | None = None  # the channel holding the splits; else each split folder is its own data root
 
 
 def _split_of(name: str) -> str | None:
@@ -78,7 +79,7 @@ def resolve_splits(channels: dict[str, Path]) -> SplitDirs:
         (only,) = splits.values()
         inner = _subfolder_splits(only)
         if "train" in inner:
-            return SplitDirs(inner["train"], inner.get("valid"), inner.get("test"))
+            return SplitDirs(inner["train"], inner.get("valid"), inner.get("test"), root=only)
     if "train" not in splits:
         raise UserError("no train channel: got " + ", ".join(data) + "; the train (or training) channel is required")
     return SplitDirs(splits["train"], splits.get("valid"), splits.get("test"))
@@ -101,16 +102,54 @@ class Split:
     skipped: list[tuple[str, str]]  # (path, reason)
 
 
-def list_class_folders(root: Path, split: str) -> list[Path]:
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _symlink_problem(path: Path, data_root: Path) -> str | None:
+    """Why a symbolic link must not be followed (None: it is fine, or not a link).
+
+    A link to the folder itself or an ancestor would make every image a member of one more class;
+    a link leaving the data root reads files nobody meant to train on.
+    """
+    if not path.is_symlink():
+        return None
+    try:
+        target = path.resolve(strict=True)
+    except (OSError, RuntimeError):  # a cycle of links, or a dangling one
+        return "a symbolic link that loops or points nowhere"
+    if path.is_dir() and (target == path.parent.resolve() or target in path.parent.resolve().parents):
+        return f"a symbolic link loop (it points to {target}, which contains it)"
+    root = data_root.resolve()
+    if target != root and root not in target.parents:
+        return f"a symbolic link to {target}, outside the data root {root}"
+    return None
+
+
+def _skip_links(paths, data_root: Path, what: str) -> list[Path]:
+    kept = []
+    for path in paths:
+        problem = _symlink_problem(path, data_root)
+        if problem:
+            log.warning("skipped %s %s: %s", what, printable(path), printable(problem))
+        else:
+            kept.append(path)
+    return kept
+
+
+def list_class_folders(root: Path, split: str, data_root: Path | None = None) -> list[Path]:
+    candidates = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = _skip_links(candidates, data_root or root, "class folder")
     if not folders:
         raise UserError(f"{split} split {root}: no class folders; expected one sub-folder per class")
     return folders
 
 
-def scan_split(split: str, root: Path, class_names: list[str] | None, workers: int) -> tuple[Split, list[str]]:
-    """Check every file once (in parallel); bad files are skipped and listed, never silently."""
-    folders = list_class_folders(root, split)
+def scan_split(split: str, root: Path, class_names: list[str] | None, workers: int,
+               data_root: Path | None = None) -> tuple[Split, list[str]]:
+    """Check every file once (in parallel); bad files are skipped and listed, never silently.
+
+    Symbolic links are followed only inside `data_root` (default: `root`) and never into a loop;
+    others are skipped with a warning. Linked folders inside a class folder are not followed.
+    """
+    data_root = data_root or root
+    folders = list_class_folders(root, split, data_root)
     names = [class_name(f.name) for f in folders]
     if len(set(names)) != len(names):
         raise UserError(f"{split} split {root}: two folders map to the same class name")
@@ -119,8 +158,12 @@ def scan_split(split: str, root: Path, class_names: list[str] | None, workers: i
         extra = sorted(set(names) - set(class_names))
         raise UserError(f"{split} split {root}: classes differ from train (missing: {printable(', '.join(missing[:5])) or '-'}; "
                         f"extra: {printable(', '.join(extra[:5])) or '-'})")
+    for folder in folders:
+        for link in (p for p in folder.rglob("*") if p.is_symlink() and p.is_dir()):
+            log.warning("skipped folder %s: a symbolic link to a folder (not followed inside a class folder)", printable(link))
     files = [(str(p), label) for label, folder in enumerate(folders)
-             for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")]
+             for p in _skip_links(sorted(p for p in folder.rglob("*") if not p.is_dir()), data_root, "file")
+             if p.is_file() and not p.name.startswith(".")]
     paths = [p for p, _ in files]
     if workers > 1 and len(paths) > 64:
         with ProcessPoolExecutor(workers) as pool:
@@ -167,13 +210,13 @@ class DataSplits:
 
 
 def load_splits(dirs: SplitDirs, valid_fraction: float, seed: int, workers: int) -> DataSplits:
-    train, names = scan_split("train", dirs.train, None, workers)
+    train, names = scan_split("train", dirs.train, None, workers, dirs.root)
     if dirs.valid is not None:
-        valid, _ = scan_split("valid", dirs.valid, names, workers)
+        valid, _ = scan_split("valid", dirs.valid, names, workers, dirs.root)
     else:
         log.info("no validation split given: carving %.0f%% of train, stratified, seed %d", valid_fraction * 100, seed)
         train, valid = stratified_split(train, valid_fraction, seed)
-    test = scan_split("test", dirs.test, names, workers)[0] if dirs.test is not None else None
+    test = scan_split("test", dirs.test, names, workers, dirs.root)[0] if dirs.test is not None else None
     return DataSplits(names, train, valid, test)
 
 

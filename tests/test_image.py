@@ -261,3 +261,48 @@ def test_serve_multi_model_endpoint_in_the_image(image, trained_ml_dir, tmp_path
         assert top_k and {entry["label"] for entry in top_k} <= class_names
     finally:
         remove_container(name)
+
+
+# ---- what the image's own Python (Debian 3.11.2) runs: archives, model loading, decoding (issue 7)
+
+def test_in_image_checks_pass_with_the_images_python(image):
+    """tests/image_checks.py (no pytest) inside the image: safe extraction, model loading, request decoding."""
+    proc = docker("run", "--rm", "--label", "imgcls.test=1", "-v", f"{REPO / 'tests'}:/checks:ro", image,
+                  "python", "/checks/image_checks.py", check=False, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "image checks: 3 passed" in proc.stdout
+    print(f"\n[image checks] {proc.stdout.splitlines()[0]}")
+
+
+def test_serve_a_model_tar_gz_in_the_image(image, tmp_path):
+    """SageMaker unpacks model.tar.gz itself; users (and `imgcls serve`) hand the archive over as it is."""
+    import image_checks
+    docker("run", "--rm", "--label", "imgcls.test=1", "-v", f"{REPO / 'tests'}:/checks:ro", "-v", f"{tmp_path}:/work",
+           image, "python", "-c", "import sys; sys.path.insert(0, '/checks'); import image_checks, pathlib; "
+           "image_checks.model_archive(pathlib.Path('/work'))", timeout=300)
+    make_writable_for_all(tmp_path)
+    assert (tmp_path / "model.tar.gz").is_file() and image_checks  # made by the image's own code
+    shutil.rmtree(tmp_path / "model")
+    name, port = unique_name("imgcls-serve-tgz"), free_port()
+    docker("run", "-d", *run_args(name), "-p", f"127.0.0.1:{port}:8080", "-v", f"{tmp_path}:/opt/ml/model:ro", image, "serve")
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/ping", timeout=180, container=name)
+    finally:
+        remove_container(name)
+
+
+@pytest.mark.parametrize("kind", ["symlink_out", "device"])
+def test_serve_refuses_a_hostile_model_tar_gz_with_one_line(image, tmp_path, kind):
+    import image_checks
+    image_checks.hostile_archive(tmp_path / "model.tar.gz", kind)
+    make_writable_for_all(tmp_path)
+    name = unique_name("imgcls-serve-hostile")
+    try:
+        proc = docker("run", *run_args(name), "-v", f"{tmp_path}:/opt/ml/model:ro", image, "serve", check=False, timeout=120)
+    finally:
+        remove_container(name)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    output = proc.stdout + proc.stderr
+    failed = [line for line in output.splitlines() if "serve failed:" in line]
+    assert len(failed) == 1 and "archive member" in failed[0], output[-2000:]
+    assert "Traceback" not in output

@@ -73,8 +73,10 @@ def test_changed_data_starts_fresh(tmp_path, tiny_dataset):
 def test_a_later_successful_run_removes_a_stale_failure(tmp_path, tiny_dataset):
     (tmp_path / "output").mkdir()
     (tmp_path / "output" / "failure").write_text("an earlier run failed")
-    _train(tiny_dataset, tmp_path, "--epochs", "1")
+    proc = _train(tiny_dataset, tmp_path, "--epochs", "1", "--log-interval", "1")
     assert not (tmp_path / "output" / "failure").exists()
+    # and (issue 7, CLI) the evaluation passes show progress, like training steps
+    assert "valid 1/1 step 1/2" in proc.stdout and "test step 2/2" in proc.stdout, proc.stdout
 
 
 def test_sagemaker_entry_removes_a_stale_failure(tmp_path, tiny_dataset):

@@ -2,31 +2,42 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
+import signal
 import sys
 from pathlib import Path
 
 from . import launch
 from .errors import UserError
-from .hyperparams import describe, parse_hyperparameters
+from .hyperparams import ALIASES, describe, parse_hyperparameters
 
 log = logging.getLogger("imgcls")
 
 
+def _default_and_choices(help_text: str, default: str, choices: str) -> str:
+    if "default" in help_text:  # the text explains its default itself
+        return choices if choices.startswith("[") else f"[{choices}]" if choices else ""
+    return f"[default {default or 'auto'}{'; ' + choices if choices else ''}]"
+
+
 def _train_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a classifier on a folder-per-class dataset",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("train", help="train a classifier on a folder-per-class dataset")
     p.add_argument("--data", type=Path, required=True, help="folder with train/valid/test sub-folders, or one folder-per-class set")
     p.add_argument("--valid", type=Path, help="validation folder, when not inside --data")
     p.add_argument("--test", type=Path, help="test folder, when not inside --data")
     p.add_argument("--pretrained", type=Path, help="folder holding a pretrained .pth (like the 'pretrained' channel)")
     p.add_argument("--model-dir", type=Path, required=True)
-    p.add_argument("--output-dir", type=Path, default=Path("output"), help="reports, TensorBoard, failure file")
-    p.add_argument("--nproc-per-node", type=int, default=1, help="processes (GPUs) to train with, via torchrun and DDP")
+    p.add_argument("--output-dir", type=Path, default=Path("output"), help="reports, TensorBoard, failure file (default: output)")
+    p.add_argument("--nproc-per-node", type=int, default=1, help="processes (GPUs) to train with, via torchrun and DDP (default: 1)")
     hps = p.add_argument_group("hyperparameters (same names as SageMaker hyperparameters)")
     for name, default, choices, help_text in describe():
         hps.add_argument(f"--{name}", dest=f"hp_{name}", metavar="V", default=None,
-                         help=f"{help_text} [default {default or 'auto'}{'; ' + choices if choices else ''}]")
+                         help=f"{help_text} {_default_and_choices(help_text, default, choices)}")
+        # The spellings users of the earlier notebooks pass (--batch_size, --learning_rate): accepted, not listed.
+        aliases = {name.replace("-", "_")} | {a for a, target in ALIASES.items() if target == name}
+        for alias in sorted(aliases - {name}):
+            hps.add_argument(f"--{alias}", dest=f"hp_{name}", metavar="V", default=None, help=argparse.SUPPRESS)
 
 
 def _serve_parser(sub) -> None:
@@ -66,14 +77,45 @@ def run_train(args: argparse.Namespace) -> int:
                          tensorboard_dir=out / "tensorboard", channels=channels)
         train(hp, paths)
         return 0
+    except KeyboardInterrupt:
+        write_failure(args.output_dir, "interrupted (Ctrl-C) before training started")
+        print("interrupted: before training started; nothing was written", file=sys.stderr)
+        return 130
     except Exception as exc:
+        if getattr(exc, "signum", None) == signal.SIGINT:  # Ctrl-C in the loop: a checkpoint was saved
+            write_failure(args.output_dir, failure_reason(exc))
+            print(f"interrupted: {exc}", file=sys.stderr)
+            return 130
         reason = failure_reason(exc)
         write_failure(args.output_dir, reason)
         print(f"error: {reason}", file=sys.stderr)
         return 2 if isinstance(exc, UserError) else 1
 
 
+def _parse(parser: argparse.ArgumentParser, sub, argv: list[str] | None) -> argparse.Namespace:
+    """argparse, plus a "did you mean" for a mistyped option (`--lerning-rate`)."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command = sub.choices[args.command]
+        known = [o for o in command._option_string_actions if o.startswith("--")]
+        hints = []
+        for option in (u.split("=", 1)[0] for u in unknown if u.startswith("-")):
+            close = difflib.get_close_matches(option, known, n=1)
+            if close:
+                hints.append(f"did you mean {close[0]}?")
+        command.error(f"unrecognized arguments: {' '.join(unknown)}" + (f"; {' '.join(hints)}" if hints else ""))
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (which saves a checkpoint first)
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     from .logs import configure_logging
     from .download import add_download_arguments, run_download
     parser = argparse.ArgumentParser(prog="imgcls", description=__doc__)
@@ -82,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     _serve_parser(sub)
     add_download_arguments(sub.add_parser("download-data", help="download and unpack the public dogImages.zip"))
     _sample_parser(sub)
-    args = parser.parse_args(argv)
+    args = _parse(parser, sub, argv)
     configure_logging()
     if args.command == "train":
         return run_train(args)

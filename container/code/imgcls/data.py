@@ -5,6 +5,8 @@ import logging
 import os
 import random
 import re
+import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,7 +140,40 @@ def list_class_folders(root: Path, split: str, data_root: Path | None = None) ->
     folders = _skip_links(candidates, data_root or root, "class folder")
     if not folders:
         raise UserError(f"{split} split {root}: no class folders; expected one sub-folder per class")
+    if len(folders) == 1:
+        raise UserError(f"{split} split {root}: only one class folder ({printable(folders[0].name)}); "
+                        "a classifier needs at least two, one sub-folder per class")
     return folders
+
+
+class _ScanProgress:
+    """A bar in a terminal; in logs a line every 30 s (a large dataset takes minutes to check)."""
+
+    LOG_EVERY_S = 30.0
+
+    def __init__(self, total: int, split: str):
+        self.total, self.split, self.done, self.bar = total, split, 0, None
+        self.last_line = time.monotonic()
+
+    def __enter__(self):
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=self.total, desc=f"checking {self.split} images", leave=False, dynamic_ncols=True)
+        return self
+
+    def advance(self, result):
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        elif time.monotonic() - self.last_line >= self.LOG_EVERY_S:
+            self.last_line = time.monotonic()
+            log.info("%s split: checked %d/%d files", self.split, self.done, self.total)
+        return result
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+        return False
 
 
 def scan_split(split: str, root: Path, class_names: list[str] | None, workers: int,
@@ -165,11 +200,14 @@ def scan_split(split: str, root: Path, class_names: list[str] | None, workers: i
              for p in _skip_links(sorted(p for p in folder.rglob("*") if not p.is_dir()), data_root, "file")
              if p.is_file() and not p.name.startswith(".")]
     paths = [p for p, _ in files]
-    if workers > 1 and len(paths) > 64:
-        with ProcessPoolExecutor(workers) as pool:
-            reasons = list(pool.map(_check_image, paths, chunksize=32))
-    else:
-        reasons = [_check_image(p) for p in paths]
+    started = time.monotonic()
+    with _ScanProgress(len(paths), split) as progress:
+        if workers > 1 and len(paths) > 64:
+            with ProcessPoolExecutor(workers) as pool:
+                reasons = [progress.advance(r) for r in pool.map(_check_image, paths, chunksize=32)]
+        else:
+            reasons = [progress.advance(_check_image(p)) for p in paths]
+    log.info("%s split: checked %d files in %.1f s", split, len(paths), time.monotonic() - started)
     samples = [f for f, r in zip(files, reasons) if r is None]
     skipped = [(f[0], r) for f, r in zip(files, reasons) if r is not None]
     counts = np.bincount([t for _, t in samples], minlength=len(folders))

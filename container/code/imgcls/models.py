@@ -129,9 +129,12 @@ def apply_finetune_policy(model: nn.Module, backbone: str, trainable_stages: int
         for p in model.parameters():
             p.requires_grad_(True)
         return
+    stages = BACKBONES[backbone].stages(model)
+    if trainable_stages > len(stages):
+        raise UserError(f"hyperparameter finetune: {backbone} has {len(stages)} stages; "
+                        f"use head, all or 0-{len(stages)}, not {trainable_stages}")
     for p in model.parameters():
         p.requires_grad_(False)
-    stages = BACKBONES[backbone].stages(model)
     for stage in stages[len(stages) - trainable_stages:] if trainable_stages else []:
         for p in stage.parameters():
             p.requires_grad_(True)

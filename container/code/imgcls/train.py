@@ -38,7 +38,11 @@ class JobPaths:
 
 
 class TrainingInterrupted(UserError):
-    """SIGTERM arrived: state is saved and the job can be resumed."""
+    """SIGTERM (or Ctrl-C) arrived: state is saved and the job can be resumed."""
+
+    def __init__(self, message: str, signum: int | None = None):
+        super().__init__(message)
+        self.signum = signum
 
 
 @dataclass
@@ -122,24 +126,28 @@ def make_loader(dataset, sampler, batch_size: int, workers: int, device: torch.d
 
 
 @torch.no_grad()
-def evaluate(model, loader, rt: Runtime, amp_dtype, channels_last: bool, num_classes: int, want_confusion=False):
+def evaluate(model, loader, rt: Runtime, amp_dtype, channels_last: bool, num_classes: int, want_confusion=False,
+             desc: str = "evaluating", log_interval: int = 20):
     """Plain cross-entropy (no smoothing) and accuracy over the whole split, summed across ranks."""
     model.eval()
+    progress = Progress(len(loader), desc, log_interval, rt.is_main)
     loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)
     correct = torch.zeros((), dtype=torch.int64, device=rt.device)
     seen = 0
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=rt.device) if want_confusion else None
-    for images, targets in loader:
+    for step, (images, targets) in enumerate(loader, 1):
         images = normalize(images.to(rt.device, non_blocking=True), channels_last=channels_last)
         targets = targets.to(rt.device, non_blocking=True)
         with torch.autocast(rt.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(images)
+        progress.update(step)
         loss_sum += nn.functional.cross_entropy(logits.float(), targets, reduction="sum").double()
         preds = logits.argmax(1)
         correct += (preds == targets).sum()
         seen += targets.numel()
         if confusion is not None:
             confusion += torch.bincount(targets * num_classes + preds, minlength=num_classes ** 2).view(num_classes, num_classes)
+    progress.close()
     total_loss, total_correct, total_seen = all_sum([loss_sum.item(), float(correct.item()), float(seen)], rt)
     if confusion is not None and rt.world_size > 1:
         dist.all_reduce(confusion)
@@ -306,13 +314,14 @@ def train(hp: HyperParameters, paths: JobPaths) -> dict:
                         log.warning("checkpoint saved to %s", path)
                     progress.close()
                     raise TrainingInterrupted(f"stopped by signal at epoch {epoch + 1} step {step}/{steps_per_epoch}; "
-                                              f"state saved in {paths.checkpoint_dir}, a restarted job resumes from it")
+                                              f"state saved in {paths.checkpoint_dir}, a restarted job resumes from it", stop.received)
                 tick = time.perf_counter()
             flush()
             progress.close()
 
             train_loss, train_correct, train_seen = all_sum([partial["loss"], partial["correct"], partial["seen"]], rt)
-            valid_loss, valid_acc, _ = evaluate(net, valid_loader, rt, amp_dtype, channels_last, len(names))
+            valid_loss, valid_acc, _ = evaluate(net, valid_loader, rt, amp_dtype, channels_last, len(names),
+                                                desc=f"valid {epoch + 1}/{hp.epochs}", log_interval=hp.log_interval)
             busy = partial["data_wait"] + partial["compute"]
             row = {"epoch": epoch + 1, "train_loss": train_loss / max(1, train_seen), "train_accuracy": train_correct / max(1, train_seen),
                    "valid_loss": valid_loss, "valid_accuracy": valid_acc, "lr": optimizer.param_groups[0]["lr"],
@@ -339,7 +348,8 @@ def train(hp: HyperParameters, paths: JobPaths) -> dict:
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     final_split = splits.test or splits.valid
-    final_loss, final_acc, confusion = evaluate(net, eval_loader(final_split), rt, amp_dtype, channels_last, len(names), want_confusion=True)
+    final_loss, final_acc, confusion = evaluate(net, eval_loader(final_split), rt, amp_dtype, channels_last, len(names),
+                                                want_confusion=True, desc=final_split.name, log_interval=hp.log_interval)
     final = {"best_epoch": best["epoch"], "best_valid_loss": best["valid_loss"],
              f"{'test' if splits.test else 'valid'}_loss": final_loss, f"{'test' if splits.test else 'valid'}_accuracy": final_acc}
     if rt.is_main:

@@ -4,12 +4,16 @@
 #     stops it (by PID, on exit) when the sourcing shell ends;
 #   - builds the base image with debootstrap once, then reuses it;
 #   - exports what the build and the tests read: DOCKER, BASE_IMAGE, EXTRA_CA_BUNDLE, BAKE_WEIGHTS.
-# Settings (environment): DOCKER_DATA_ROOT, DOCKER_STATE_DIR, BASE_IMAGE, DEBIAN_MIRROR.
+# Settings (environment): DOCKER_DATA_ROOT, DOCKER_STATE_DIR, BASE_IMAGE, DEBIAN_MIRROR (default: the
+# mirror of this machine's own apt sources, see .ci/apt_mirror.sh).
 
 docker_engine_setup() {
     local state_dir="${DOCKER_STATE_DIR:-/var/tmp/imgcls-docker}"
     local data_root="${DOCKER_DATA_ROOT:-/var/lib/docker}"
-    local mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+    local mirror="${DEBIAN_MIRROR:-}"  # default: the mirror this machine's apt uses
+    if [ -z "$mirror" ]; then
+        mirror=$(bash "$(dirname "${BASH_SOURCE[0]}")/apt_mirror.sh") || return 1
+    fi
     mkdir -p "$state_dir"
 
     local missing=()
@@ -65,7 +69,7 @@ docker_engine_setup() {
     if [ -z "${EXTRA_CA_BUNDLE:-}" ] && [ -f /etc/ssl/certs/ca-certificates.crt ]; then
         export EXTRA_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
     fi
-    # download.pytorch.org is unreachable here, so the pretrained weights cannot be baked in.
+    # PyTorch's weights server is unreachable here, so the pretrained weights cannot be baked in.
     export BAKE_WEIGHTS="${BAKE_WEIGHTS:-0}"
     echo "docker_engine: ready (DOCKER=$DOCKER BASE_IMAGE=$BASE_IMAGE EXTRA_CA_BUNDLE=${EXTRA_CA_BUNDLE:-none} BAKE_WEIGHTS=$BAKE_WEIGHTS)"
 }

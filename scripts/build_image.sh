@@ -4,7 +4,7 @@
 #   IMAGE            tag to build (default imgcls:latest)
 #   BASE_IMAGE       Debian bookworm base (default debian:bookworm-slim)
 #   EXTRA_CA_BUNDLE  optional PEM file trusted by the install steps only (TLS-intercepting proxy)
-#   BAKE_WEIGHTS     1 bakes the pretrained ResNet50 weights in (needs download.pytorch.org), 0 skips
+#   BAKE_WEIGHTS     1 bakes the pretrained ResNet50 weights in (needs PyTorch's weights server), 0 skips
 # Environment: DOCKER (client, default: one that has BuildKit), PLATFORM (default linux/amd64),
 # FORCE_BUILD=1 (rebuild even when IMAGE already has the same build inputs), EXTRA_BUILD_ARGS.
 set -euo pipefail

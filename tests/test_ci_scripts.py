@@ -38,3 +38,11 @@ def test_docker_engine_setup_takes_the_mirror_from_apt_unless_overridden():
     text = (REPO / ".ci" / "docker_engine.sh").read_text()
     assert 'mirror="${DEBIAN_MIRROR:-}"' in text and "apt_mirror.sh" in text
     assert "http://" not in text and "https://" not in text  # no host of its own
+
+
+def test_download_fetches_only_http_urls(tmp_path):
+    import pytest
+    from imgcls.download import download_dataset
+    from imgcls.errors import UserError
+    with pytest.raises(UserError, match="only http and https URLs are fetched"):
+        download_dataset("file:///etc/passwd.zip", tmp_path, progress=False, timeout=5)

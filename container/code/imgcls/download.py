@@ -114,14 +114,16 @@ class _Progress:
 
 def _fetch(url: str, target: Path, expected_sha256: str | None, timeout: float, progress: bool) -> None:
     """Stream `url` to `target` via a temp file in the same folder; rename only when complete and verified."""
-    request = urllib.request.Request(url, headers={"User-Agent": "imgcls-download/1"})
+    if urllib.parse.urlparse(url).scheme not in ("http", "https"):
+        raise UserError(f"download of {url}: only http and https URLs are fetched")
+    request = urllib.request.Request(url, headers={"User-Agent": "imgcls-download/1"})  # noqa: S310 - scheme checked above
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     tmp = Path(tmp_name)
     try:
         hasher = hashlib.sha256()
         with os.fdopen(fd, "wb") as out:
             try:
-                response = urllib.request.urlopen(request, timeout=timeout)
+                response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - scheme checked above
             except urllib.error.HTTPError as e:
                 e.close()
                 raise UserError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None

@@ -67,7 +67,7 @@ def make_sample_dataset(root: str | Path, num_classes: int = 4, per_class=(24, 6
     if not 1 <= num_classes <= len(CLASSES):
         raise ValueError(f"num_classes must be 1..{len(CLASSES)}")
     root = Path(root)
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - sample images, not a secret
     for split, count in zip(("train", "valid", "test"), per_class):
         for idx, (name, colour, shape) in enumerate(CLASSES[:num_classes], start=1):
             folder = root / split / f"{idx:03d}.{name}"

@@ -90,7 +90,7 @@ class ServerConfig:
         return cls(
             model_dir=Path(model_dir) if model_dir else base_dir / ("models" if multi_model else "model"),
             port=port or _env_int("SAGEMAKER_BIND_TO_PORT", 8080),
-            bind_host=env.get("IMGCLS_BIND_HOST", "0.0.0.0"),
+            bind_host=env.get("IMGCLS_BIND_HOST", "0.0.0.0"),  # noqa: S104 - SageMaker reaches the container from outside
             multi_model=multi_model,
             workers=workers,
             threads_per_worker=_env_int("IMGCLS_TORCH_THREADS", max(1, cpus // workers)),
@@ -108,7 +108,7 @@ MAX_MMS_PORT = 32766  # MMS 1.1 rejects ports >= 32767 ("Invalid port number")
 
 def free_local_port() -> int:
     """A currently free 127.0.0.1 port that MMS accepts (the kernel's ephemeral range starts above it)."""
-    for candidate in random.Random().sample(range(20000, MAX_MMS_PORT), 200):
+    for candidate in random.Random().sample(range(20000, MAX_MMS_PORT), 200):  # noqa: S311 - a port to try, not a secret
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", candidate))
@@ -206,7 +206,7 @@ class ModelServer:
         log.info("starting MMS on %s:%d with %d worker(s) x %d thread(s), %d GPU(s), batches of up to %d "
                  "within %d ms; run dir %s", config.bind_host, config.port, config.workers, config.threads_per_worker,
                  config.gpus, config.batch_size, config.max_batch_delay_ms, self.run_dir)
-        self.process = subprocess.Popen(command, env=worker_env, cwd=self.run_dir)
+        self.process = subprocess.Popen(command, env=worker_env, cwd=self.run_dir)  # noqa: S603 - the MMS frontend, argv built here
 
     def _raise_if_exited(self) -> None:
         if self.process.poll() is not None:
@@ -214,7 +214,7 @@ class ModelServer:
 
     def wait_until_ready(self) -> None:
         deadline = time.monotonic() + self.config.startup_timeout_seconds
-        host = "127.0.0.1" if self.config.bind_host in ("0.0.0.0", "") else self.config.bind_host
+        host = "127.0.0.1" if self.config.bind_host in ("0.0.0.0", "") else self.config.bind_host  # noqa: S104 - a comparison, no bind
         url = f"http://{host}:{self.config.port}/ping"
         while time.monotonic() < deadline:
             self._raise_if_exited()

@@ -210,6 +210,13 @@ def test_local_test_scripts_train_serve_predict(image, tmp_path):
                            capture_output=True, text=True, timeout=600)
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
     assert (tmp_path / "ml/model/model.pt").exists()
+    # A second run of the same job finds its finished checkpoint: reported as such, the same model written again.
+    first_config = json.loads((tmp_path / "ml/model/model_config.json").read_text())
+    again = subprocess.run(["bash", "local_test/train_local.sh", image], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "already finished" in again.stdout + again.stderr and "epoch=" not in again.stdout
+    assert json.loads((tmp_path / "ml/model/model_config.json").read_text())["metrics"] == first_config["metrics"]
 
     name = unique_name("imgcls-serve-local")
     server = subprocess.Popen(["bash", "local_test/serve_local.sh", image, *run_args(name)], cwd=REPO, env=env,

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from . import launch
 from .errors import UserError
-from .hyperparams import describe, parse_hyperparameters
 
 log = logging.getLogger("imgcls")
 
 
 def _train_parser(sub) -> None:
+    from .hyperparams import describe
     p = sub.add_parser("train", help="train a classifier on a folder-per-class dataset",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="folder with train/valid/test sub-folders, or one folder-per-class set")
@@ -45,6 +45,7 @@ def _sample_parser(sub) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from .failure import failure_reason, write_failure
+    from .hyperparams import parse_hyperparameters
     raw = {k[3:]: v for k, v in vars(args).items() if k.startswith("hp_") and v is not None}
     try:
         hp = parse_hyperparameters(raw)
@@ -72,6 +73,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["report"]:  # needs no model: answered before the train parser's table imports torch
+        from .insights.report import main as report_main
+        return report_main(argv[1:])
     from .logs import configure_logging
     from .download import add_download_arguments, run_download
     parser = argparse.ArgumentParser(prog="imgcls", description=__doc__)
@@ -80,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     _serve_parser(sub)
     add_download_arguments(sub.add_parser("download-data", help="download and unpack the public dogImages.zip"))
     _sample_parser(sub)
+    sub.add_parser("report", help="render report.html and insights.json again from a job's raw insight files (imgcls report DIR)")
     args = parser.parse_args(argv)
     configure_logging()
     if args.command == "train":

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -50,6 +51,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the report is for whoever reads the output
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -68,14 +70,14 @@ def _num(value, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
-def _table(headers: list[str], rows: list[list], numeric: set[int] = frozenset(), row_class=None) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+def _table(headers: list[str] | None, rows: list[list], numeric: set[int] = frozenset(), row_class=None) -> str:
+    head = "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in headers) + "</tr>" if headers else ""
     body = []
     for i, row in enumerate(rows):
         cls = f' class="{row_class(i)}"' if row_class and row_class(i) else ""
         cells = "".join(f'<td class="num">{_e(c)}</td>' if j in numeric else f"<td>{c}</td>" for j, c in enumerate(row))
         body.append(f"<tr{cls}>{cells}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+    return f"<table>{head}{''.join(body)}</table>"
 
 
 def _figure(width: float = 10.0, height: float = 3.4, **kw) -> Figure:
@@ -126,7 +128,7 @@ def _summary(rec: Records, facts: dict) -> str:
         share = f" ({value / job:.0%})" if value is not None and job and math.isfinite(job) and job > 0 else ""
         rows.append([label, _fmt_seconds(value) + share])
     rows.append(["Job duration", _fmt_seconds(job)])
-    out = _table(["", ""], rows)
+    out = _table(None, rows)
     if hp:
         shown = ", ".join(f"{k}={v}" for k, v in hp.items())
         out += f"<p><small>Hyperparameters: {_e(shown)}</small></p>"
@@ -515,4 +517,40 @@ def _jsonable(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-__all__ = ["write_report", "build_report", "REPORT_HTML", "INSIGHTS_JSON", "RAW_DIR"]
+def main(argv: list[str]) -> int:
+    """`imgcls report DIR [RuleName_param=value ...]`: render the report again from the raw files."""
+    import argparse
+
+    from ..errors import UserError
+    from .records import find_output_data_dir
+    parser = argparse.ArgumentParser(prog="imgcls report", description=main.__doc__.split(": ", 1)[1])
+    parser.add_argument("dir", type=Path, help="the job's output data dir (or the train --output-dir above it)")
+    parser.add_argument("overrides", nargs="*", metavar="RuleName_param=VALUE",
+                        help="rule parameters for this rendering, e.g. StepOutlier_n_outliers=5 (default: the job's own)")
+    args = parser.parse_args(argv)
+    out = find_output_data_dir(args.dir)
+    try:
+        if not (out / RAW_DIR).is_dir() and not (out / "history.json").is_file():
+            raise UserError(f"no insight files in {args.dir}: expected {RAW_DIR}/ or history.json there or in its data/ folder")
+        params = None
+        if args.overrides:
+            pairs = [o.split("=", 1) for o in args.overrides]
+            bad = [o for o, pair in zip(args.overrides, pairs) if len(pair) != 2]
+            if bad:
+                raise UserError(f"expected RuleName_param=VALUE, got {bad[0]!r}")
+            rec = load_records(out)
+            params = validate_rule_params({**(rec.job.get("rule_params") or {}), **dict(pairs)})
+        html_path, json_path = write_report(out, params)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    facts = json.loads(json_path.read_text())
+    print(facts["verdict"]["headline"])
+    for rule in facts["rules"]:
+        if rule["triggered"]:
+            print(f"  {rule['rule']}: {rule['message']}")
+    print(f"report: {html_path}\ninsights: {json_path}")
+    return 0
+
+
+__all__ = ["write_report", "build_report", "main", "REPORT_HTML", "INSIGHTS_JSON", "RAW_DIR"]

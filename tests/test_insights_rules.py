@@ -64,7 +64,7 @@ def healthy_records(seed: int = 0, epochs: int = EPOCHS, steps_per_epoch: int = 
                    dataset={"class_names": ["a", "b", "c", "d"], "counts": {"train": [60, 55, 62, 58], "valid": [8, 8, 8, 8]}},
                    loader={"num_workers": 0, "pin_memory": False, "prefetch_factor": None, "persistent_workers": False,
                            "batch_size": 16, "cores": 2, "device": "cpu", "world_size": 1, "steps_per_epoch": steps_per_epoch},
-                   job={"hyperparameters": {"backbone": "resnet18", "lr": 0.001, "amp": "auto"}, "rule_params": {}, "device": "cpu",
+                   job={"hyperparameters": {"backbone": "resnet18", "weights": "none", "lr": 0.001, "amp": "auto"}, "rule_params": {}, "device": "cpu",
                         "backbone": "resnet18"})
 
 
@@ -225,6 +225,14 @@ def test_poor_weight_initialization_gradient_spread():
     rec = healthy_records()
     rec.init.update(grad_p5=-1e-5, grad_p95=1e-5)
     assert "spread" in assert_fires(rec, "PoorWeightInitialization").message
+
+
+def test_poor_weight_initialization_not_judged_on_pretrained_weights():
+    rec = healthy_records()
+    rec.init["activation_variance"]["layer1.0.relu"] = 5e4
+    rec.job["hyperparameters"]["weights"] = "imagenet"
+    f = findings(rec)["PoorWeightInitialization"]
+    assert not f.triggered and not f.applicable and "pretrained" in f.message
 
 
 def test_weight_update_ratio():

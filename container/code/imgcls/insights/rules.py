@@ -384,7 +384,9 @@ def overtraining(rec, p, _all):
        "Over the first `steps` steps: the variance of the ReLU inputs differs between layers by more than `threshold`x, "
        "or the gradients' 5th-95th percentile spread is below `distribution_range`. SageMaker also flags a loss that "
        "does not fall within `patience` steps; ten noisy minibatch losses (often during lr warm-up) cannot convict "
-       "an initialisation alone, so that check is reported but fires only together with one of the others.",
+       "an initialisation alone, so that check is reported but fires only together with one of the others. Jobs "
+       "that start from pretrained weights are not judged: learned BN scales and small fine-tuning gradients would "
+       "trip both thresholds without any initialisation at fault.",
        "Re-initialise the named layers (Kaiming/He for ReLU networks, zero-init of the last BN in residual blocks), "
        "or start from pretrained weights.")
 def poor_weight_initialization(rec, p, _all):
@@ -415,6 +417,11 @@ def poor_weight_initialization(rec, p, _all):
         if stalled and problems:
             problems.append(f"loss did not fall within {k} steps")
     checked = int(init.get("steps") or len(losses))
+    weights = str((rec.job.get("hyperparameters") or {}).get("weights", "none")).lower()
+    if weights != "none":  # learned BN scales and small fine-tuning gradients are not an initialisation
+        return False, 0, checked, [], (f"starts from pretrained weights ({weights}); the rule judges random initialisation "
+                                      f"(variance ratio {details.get('variance_ratio', math.nan):.3g}x, gradient spread "
+                                      f"{details.get('gradient_spread', math.nan):.3g})"), {**details, "not_applicable": True}
     if not problems:
         return False, 0, checked, [], f"first {checked} steps look healthy (variance ratio {details.get('variance_ratio', math.nan):.3g}x, " \
                                       f"gradient spread {details.get('gradient_spread', math.nan):.3g})", details

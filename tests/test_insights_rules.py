@@ -200,9 +200,19 @@ def test_overfit():
         row["train_loss"] = 1.0 / (e + 1)
         row["valid_loss"] = 0.9 + 0.1 * e
     f = assert_fires(rec, "Overfit")
-    assert f.steps[0] == 2  # epoch 2: 1.0 vs 0.5 train loss
+    assert f.steps[0] == 2  # epoch 2: valid 1.0 vs train 0.5, and the valid loss rose
     assert not findings(rec, Overfit_start_step=10_000)["Overfit"].triggered
     assert findings(rec, Overfit_patience=3)["Overfit"].steps[0] == 4
+
+
+def test_lagging_but_falling_valid_loss_is_not_overfit():
+    """From scratch, eval-mode batch norm lags: valid loss far above train loss, yet falling every epoch."""
+    rec = healthy_records()
+    for row, (train, valid) in zip(rec.history, [(1.38, 6.7), (1.25, 3.0), (0.98, 1.31)]):
+        row.update(train_loss=train, valid_loss=valid)
+    assert not findings(rec)["Overfit"].triggered
+    rec.history.append({**rec.history[-1], "epoch": 4, "train_loss": 0.7, "valid_loss": 1.4})
+    assert findings(rec)["Overfit"].steps == [4]
 
 
 def test_overtraining():

@@ -326,8 +326,10 @@ def _epoch_losses(rec: Records, key: str) -> list[tuple[int, float]]:
 
 @_rule("Overfit", "debugger", {"start_step": 0, "patience": 1, "ratio_threshold": 0.1},
        "Relative gap (valid loss − train loss) / train loss above `ratio_threshold` for `patience` validation passes "
-       "in a row (one per epoch), after global step `start_step`. The train loss includes label smoothing, which "
-       "raises it: a gap that still shows is real.",
+       "in a row (one per epoch), after global step `start_step`, counting only passes where the valid loss is not at "
+       "a new low. SageMaker counted every pass, so a model still learning from scratch, whose valid loss lags (batch "
+       "norm statistics, fast-moving weights) but falls every epoch, was called overfit. The train loss includes label "
+       "smoothing, which raises it: a gap that still shows is real.",
        "Use more data or stronger augmentation (crop-scale, hflip), more weight decay or label smoothing, fewer epochs "
        "(early-stopping-patience keeps the best epoch's weights), or fine-tune fewer layers.")
 def overfit(rec, p, _all):
@@ -336,15 +338,18 @@ def overfit(rec, p, _all):
     epochs = [e for e in sorted(train) if e in valid and ends.get(e, math.inf) >= p["start_step"]]
     if not epochs:
         return False, 0, 0, [], "no epoch with both a train and a valid loss yet", {}
-    streak, fired, ratios = 0, [], {}
+    streak, fired, ratios, best = 0, [], {}, math.inf
     for e in epochs:
         ratios[e] = (valid[e] - train[e]) / max(train[e], 1e-12)
-        streak = streak + 1 if ratios[e] > p["ratio_threshold"] else 0
+        improving = valid[e] < best
+        best = min(best, valid[e])
+        streak = streak + 1 if ratios[e] > p["ratio_threshold"] and not improving else 0
         if streak >= max(1, p["patience"]):
             fired.append(e)
     details = {"ratio_by_epoch": ratios, "best_valid_epoch": min(valid, key=valid.get)}
     if not fired:
-        return False, 0, len(epochs), [], f"valid/train loss gap at most {max(ratios.values()):+.0%} over {len(epochs)} epochs", details
+        return False, 0, len(epochs), [], (f"no lasting gap: valid/train loss gap at most {max(ratios.values()):+.0%} over {len(epochs)} "
+                                           f"epochs, outside epochs where the valid loss kept falling"), details
     e = fired[0]
     return True, len(fired), len(epochs), fired, (f"from epoch {e} valid loss exceeds train loss by {ratios[e]:.0%} (> {p['ratio_threshold']:.0%}) "
                                                   f"on {len(fired)} epochs; lowest valid loss at epoch {details['best_valid_epoch']}"), details

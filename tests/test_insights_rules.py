@@ -257,8 +257,11 @@ def test_weight_update_ratio():
 
 def test_weight_update_ratio_ignores_zero_initialised_weights():
     rec = healthy_records()
-    rec.layers[0]["update_ratio"]["fc.bias"] = 1e-3 / 1e-9  # bias was exactly zero before step 1
+    assert rec.layers[0]["step"] == 1
+    rec.layers[0]["update_ratio"]["bn1.bias"] = 1e-5 * 8 / 1e-9  # zero before step 1: ||dw|| / (0 + 1e-9)
     assert not findings(rec)["WeightUpdateRatio"].triggered
+    rec.layers[1]["update_ratio"]["bn1.bias"] = 50.0
+    assert findings(rec)["WeightUpdateRatio"].steps == [rec.layers[1]["step"]]
 
 
 def test_class_imbalance():

@@ -327,11 +327,13 @@ def _gradients_section(rec: Records, facts: dict) -> str:
                 ax_layers.plot(*zip(*pts), marker=".", linewidth=0.9, label=layer)
         ax_layers.set_yscale("log")
         ax_layers.legend(fontsize=6)
-        ratios = [r for r in rec.layers if r.get("update_ratio")]
+        # step 1 is left out: zero-initialised biases make its ratios meaningless (see WeightUpdateRatio)
+        ratios = [r for r in rec.layers if r.get("update_ratio") and int(r.get("step", 0)) > 1]
         if ratios:
-            med = [(r["step"], np.median([v for v in r["update_ratio"].values() if v is not None and 0 < v < 1e6] or [np.nan])) for r in ratios]
-            lo = [(r["step"], np.min([v for v in r["update_ratio"].values() if v is not None and 0 < v < 1e6] or [np.nan])) for r in ratios]
-            hi = [(r["step"], np.max([v for v in r["update_ratio"].values() if v is not None and 0 < v < 1e6] or [np.nan])) for r in ratios]
+            values = [(r["step"], [v for v in r["update_ratio"].values() if v is not None and v > 0] or [np.nan]) for r in ratios]
+            med = [(s, np.median(v)) for s, v in values]
+            lo = [(s, np.min(v)) for s, v in values]
+            hi = [(s, np.max(v)) for s, v in values]
             ax_ratio.fill_between([s for s, _ in lo], [v for _, v in lo], [v for _, v in hi], color="#fdd0a2", label="min–max over layers")
             ax_ratio.plot(*zip(*med), color="#e6550d", marker=".", label="median")
             ax_ratio.axhline(1e-3, color="#555", linestyle=":", linewidth=1, label="1e-3")

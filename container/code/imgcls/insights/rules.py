@@ -22,8 +22,7 @@ import numpy as np
 from ..errors import UserError
 from .records import COMPONENT_NAMES, STEP_COMPONENTS, Records
 
-MAX_LISTED_STEPS = 1000
-UNDEFINED_RATIO = 1e6  # WeightUpdateRatio: ||dw|| / (||w|| + 1e-9) this large means w was zero  # per finding in insights.json; the count is exact
+MAX_LISTED_STEPS = 1000  # per finding in insights.json; the count is exact
 
 
 @dataclass
@@ -436,8 +435,8 @@ def poor_weight_initialization(rec, p, _all):
 @_rule("WeightUpdateRatio", "debugger", {"large_threshold": 10.0, "small_threshold": 1e-8, "epsilon": 1e-9},
        "‖Δw‖/‖w‖ of a layer on a sampled step above `large_threshold` or below `small_threshold`. SageMaker needed "
        "weights saved on two consecutive steps (save_interval=1); here the update itself is measured on sampled steps. "
-       "About 1e-3 is the usual healthy size. Ratios of 1e6 and more are left out: they only arise from weights "
-       "that were zero before the step (biases and norms at initialisation), where the ratio means nothing.",
+       "About 1e-3 is the usual healthy size. Large ratios on step 1 are left out: biases and norm shifts start at "
+       "zero, so their first update divided by a zero norm means nothing.",
        "Ratios near zero: the learning rate is zero or tiny, or the layer is frozen by mistake. Ratios near or above "
        "one: the learning rate is far too high.")
 def weight_update_ratio(rec, p, _all):
@@ -448,10 +447,10 @@ def weight_update_ratio(rec, p, _all):
     for row in rows:
         hit = False
         for layer, ratio in row["update_ratio"].items():
-            if ratio is None or not math.isfinite(ratio) or ratio >= UNDEFINED_RATIO:
+            if ratio is None or not math.isfinite(ratio):
                 continue
             all_ratios.append(ratio)
-            if ratio > p["large_threshold"]:
+            if ratio > p["large_threshold"] and int(row.get("step", 0)) > 1:
                 too_big.add(layer)
                 hit = True
             elif ratio < p["small_threshold"]:

@@ -141,30 +141,37 @@ def _summary(rec: Records, facts: dict) -> str:
     return out
 
 
+SPANS = (("process_start", "data_scan_start", "start-up", "#dadaeb"), ("data_scan_start", "data_scan_end", "data scan", "#bcbddc"),
+         ("model_build_start", "model_ready", "model", "#e377c2"), ("epoch_start", "evaluation_start", "training", "#6baed6"),
+         ("evaluation_start", "evaluation_end", "evaluation", "#74c476"), ("training_end", "end", "final", "#fdd0a2"))
+
+
 def _timeline_chart(rec: Records, times: dict) -> Figure:
+    """The job's phases from the timeline events: start-up, data scan, model, training and evaluation per epoch, end."""
     fig = _figure(10, 1.9)
     ax = fig.subplots()
-    start, loop = times.get("initialization"), times.get("loop")
-    job = times.get("job") or 0
-    if start is not None and loop is not None:
-        ax.broken_barh([(0, start), (start, loop), (start + loop, max(0, job - start - loop))], (0, 1),
-                       facecolors=["#c6dbef", "#6baed6", "#fdd0a2"])
-        for x, w, label in ((0, start, "init"), (start, loop, "training loop"), (start + loop, job - start - loop, "final")):
-            if job and w / job > 0.06:
-                ax.text(x + w / 2, 0.5, label, ha="center", va="center", fontsize=9)
-    kinds = {"evaluation_start": ("#2ca02c", "eval"), "checkpoint": ("#9467bd", "checkpoint"), "epoch_end": ("#555555", "epoch end"),
-             "first_step": ("#d62728", "first step"), "data_scan_end": ("#8c564b", "data scanned"), "model_ready": ("#e377c2", "model ready")}
-    seen = set()
+    job = times.get("job") or max((float(e["t"]) for e in rec.timeline if e.get("t") is not None), default=1.0)
+    drawn = set()
+    for start_name, end_name, label, colour in SPANS:
+        starts = [float(e["t"]) for e in rec.timeline if e.get("event") == start_name and e.get("t") is not None]
+        ends = [float(e["t"]) for e in rec.timeline if e.get("event") == end_name and e.get("t") is not None]
+        for start in starts:  # each start pairs with the first end after it
+            end = min((t for t in ends if t >= start), default=None)
+            if end is None and label == "training":
+                end = times.get("initialization", 0) + times.get("loop", 0) if times.get("loop") else None
+            if end is not None and end > start:
+                ax.broken_barh([(start, end - start)], (0, 1), facecolors=colour, label=None if label in drawn else label)
+                drawn.add(label)
     for event in rec.timeline:
-        kind = kinds.get(event.get("event"))
-        if kind and event.get("t") is not None:
-            ax.axvline(float(event["t"]), color=kind[0], linewidth=1, label=None if kind[1] in seen else kind[1])
-            seen.add(kind[1])
+        if event.get("event") in ("first_step", "checkpoint") and event.get("t") is not None:
+            ax.axvline(float(event["t"]), color="#d62728" if event["event"] == "first_step" else "#555555", linewidth=1,
+                       label=None if event["event"] in drawn else event["event"].replace("_", " "))
+            drawn.add(event["event"])
     ax.set_yticks([])
     ax.set_xlabel("seconds since process start")
     ax.set_xlim(0, max(job, 1e-3) * 1.01)
-    if seen:
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.55), ncol=6, fontsize=8, frameon=False)
+    if drawn:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.05), fontsize=8, frameon=False)
     return fig
 
 

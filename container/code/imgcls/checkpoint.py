@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 
 from .artifacts import atomic_write_bytes
+from .engine import Hook
+from .errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -71,3 +73,62 @@ class StopSignal:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         return False
+
+
+class TrainingInterrupted(UserError):
+    """SIGTERM arrived: state is saved and the job can be resumed."""
+
+
+class Checkpointer(Hook):
+    """The one owner of a checkpoint's contents: the loop's state plus every hook's own state.
+
+    Saves at every epoch end and, when SIGTERM arrives, at the end of the current step; then stops
+    the job with a resumable reason. `resume()` restores the newest complete checkpoint.
+    """
+
+    def __init__(self, directory: Path, hooks: list[Hook]):
+        self.directory, self.hooks = Path(directory), hooks
+
+    def snapshot(self, loop) -> dict:
+        state = loop.state_dict()
+        state["hooks"] = {hook.name: hook.state_dict() for hook in self.hooks if hook is not self}
+        return state
+
+    def save(self, loop) -> Path:
+        path = save_checkpoint(self.directory, self.snapshot(loop))
+        if loop.timeline is not None:
+            loop.timeline.mark("checkpoint", epoch=loop.epoch + (loop.step > 0), step=loop.global_step)
+        return path
+
+    def resume(self, loop) -> bool:
+        state = load_latest_checkpoint(self.directory)
+        if state is None:
+            return False
+        if state["class_names"] != loop.class_names or state["backbone"] != loop.hp.backbone:
+            raise UserError(f"checkpoint in {self.directory} belongs to another model (backbone or classes differ); "
+                            "empty that folder or point checkpoint-dir elsewhere")
+        loop.load_state_dict(state)
+        saved = state.get("hooks", {})
+        for hook in self.hooks:
+            if hook is not self:
+                hook.load_state_dict(saved.get(hook.name, {}))
+        return True
+
+    def after_epoch(self, loop) -> None:
+        if loop.rt.is_main:
+            self.save(loop)
+
+    def after_step(self, loop) -> None:
+        received = bool(loop.stop_signal.received)
+        # Single process: stop at once. DDP: ranks agree at sync points, so all stop at the same step.
+        if loop.rt.world_size > 1:
+            if not loop.at_interval:
+                return
+            received = loop.all_sum([float(received)])[0] > 0
+        if not received:
+            return
+        loop.sync()
+        if loop.rt.is_main:
+            log.warning("checkpoint saved to %s", self.save(loop))
+        raise TrainingInterrupted(f"stopped by signal at epoch {loop.epoch + 1} step {loop.step}/{loop.steps_per_epoch}; "
+                                  f"state saved in {self.directory}, a restarted job resumes from it")

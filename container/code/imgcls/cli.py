@@ -23,6 +23,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--model-dir", type=Path, required=True)
     p.add_argument("--output-dir", type=Path, default=Path("output"), help="reports, TensorBoard, failure file")
     p.add_argument("--nproc-per-node", type=int, default=1, help="processes (GPUs) to train with, via torchrun and DDP")
+    p.add_argument("--rule", action="append", default=[], metavar="RuleName_param=V",
+                   help="an insight rule parameter, as the SageMaker hyperparameter of the same name (e.g. StepOutlier_stddev=4); repeatable")
     hps = p.add_argument_group("hyperparameters (same names as SageMaker hyperparameters)")
     for name, default, choices, help_text in describe():
         hps.add_argument(f"--{name}", dest=f"hp_{name}", metavar="V", default=None,
@@ -48,6 +50,11 @@ def run_train(args: argparse.Namespace) -> int:
     from .hyperparams import parse_hyperparameters
     raw = {k[3:]: v for k, v in vars(args).items() if k.startswith("hp_") and v is not None}
     try:
+        for item in args.rule:
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise UserError(f"--rule expects RuleName_param=VALUE, got {item!r}")
+            raw[name.strip()] = value.strip()
         hp = parse_hyperparameters(raw)
         if args.nproc_per_node > 1 and not launch.is_worker():
             cmd = launch.torchrun_command(["imgcls", *sys.argv[1:]], hosts=[], current_host="", nproc_per_node=args.nproc_per_node)

@@ -452,12 +452,14 @@ def _operators_section(rec: Records, facts: dict) -> str:
     if rec.top_ops:
         facts["top_ops"] = rec.top_ops
         device_is_gpu = any((op.get("self_cuda_us") or 0) > 0 for op in rec.top_ops)
-        rows = [[_e(op.get("name")), f"{(op.get('share') or 0):.1%}", _num(op.get("self_cpu_us"), 6), _num(op.get("self_cuda_us"), 6),
+        def ms(us):
+            return f"{us / 1000:,.1f}" if isinstance(us, (int, float)) and math.isfinite(us) else "–"
+        rows = [[_e(op.get("name")), f"{(op.get('share') or 0):.1%}", ms(op.get("self_cpu_us")), ms(op.get("self_cuda_us")),
                  _num(op.get("calls"))] for op in rec.top_ops]
         steps = rec.profiler_window.get("steps")
         out += (f"<p>Operators by self time on the {'GPU' if device_is_gpu else 'CPU'}"
                 + (f" over steps {_e(', '.join(map(str, steps)))}" if steps else "") + ".</p>")
-        out += _table(["operator", "share", "self CPU [µs]", "self CUDA [µs]", "calls"], rows, {1, 2, 3, 4})
+        out += _table(["operator", "share", "self CPU [ms]", "self CUDA [ms]", "calls"], rows, {1, 2, 3, 4})
     if rec.trace_path is not None:
         facts["trace"] = str(rec.trace_path)
         relative = rec.trace_path.relative_to(rec.output_data_dir) if rec.output_data_dir else rec.trace_path

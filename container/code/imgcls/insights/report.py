@@ -67,6 +67,8 @@ def _num(value, digits: int = 4) -> str:
         return "–"
     if isinstance(value, (int, np.integer)):
         return f"{int(value):,}"
+    if 10 ** digits <= abs(value) < 1e12:  # no 1.17e+03 for a plain 1,170
+        return f"{value:,.0f}"
     return f"{value:.{digits}g}"
 
 
@@ -347,6 +349,12 @@ def _gradients_section(rec: Records, facts: dict) -> str:
             ax_ratio.set_yscale("log")
             ax_ratio.legend(fontsize=7)
         facts["layers_sampled"] = [int(r["step"]) for r in rows]
+    sampled = [int(r.get("step", 0)) for r in rec.layers]
+    if len(sampled) < 3:
+        interval = (rec.job.get("hyperparameters") or {}).get("insights-sample-interval")
+        note = f"{len(sampled)} sampled step(s)" + (f": one every {interval} steps" if interval else "")
+        for ax in (ax_layers, ax_ratio):
+            ax.text(0.5, 0.92, note, transform=ax.transAxes, ha="center", va="top", color="grey", fontsize=8)
     ax_layers.set_title("Per-layer gradient norm (sampled steps)")
     ax_layers.set_xlabel("global step")
     ax_ratio.set_title("Weight update ratio ‖Δw‖/‖w‖")

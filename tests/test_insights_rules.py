@@ -326,6 +326,15 @@ def test_step_outlier_robust_test_beats_mean_sigma():
     assert f.triggered
 
 
+def test_step_outlier_leaves_out_the_profiler_window():
+    rec = healthy_records()
+    _slow(rec, [40, 41, 42], "backward", 0.3)
+    rec.profiler_window = {"steps": [40, 41, 42], "device": "cpu"}
+    assert findings(rec, StepOutlier_n_outliers=0)["StepOutlier"].details["robust"] == []
+    rec.profiler_window = {}
+    assert findings(rec, StepOutlier_n_outliers=0)["StepOutlier"].details["robust"] == [40, 41, 42]
+
+
 def test_step_outlier_quiet_below_n_outliers():
     rec = healthy_records()
     _slow(rec, [30, 60], "data", 1.0)

@@ -13,9 +13,11 @@ $(UV):
 	python3 -m pip --version >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip; }
 	PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --user --quiet uv
 
-# Python env from the lock, plus a JDK for the model server (javac builds its readiness /ping plugin).
+# Python env from the lock, plus a JDK for the model server (javac builds its readiness /ping plugin)
+# and Chromium, in which the insights report test opens report.html offline.
 setup: $(UV)
 	@command -v javac >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jdk-headless; }
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	$(UV) sync --frozen
 
 # ruff's security rules (flake8-bandit) on the code that ships and the scripts; each exception is a `# noqa: Sxxx - why`.

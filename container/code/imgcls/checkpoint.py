@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 
 from .artifacts import atomic_write_bytes, tensor_bytes
+from .engine import Hook
+from .errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +136,9 @@ def resume_state(directory: Path, job: dict, epochs: int, *, manage_files: bool 
         log.warning("checkpoint %s in %s belongs to another job (%s): starting fresh; its checkpoints were moved to %s",
                     name, directory, "; ".join(differences), where)
         return None
-    patience = job["hyperparameters"].get("early-stopping-patience", 0)
-    if state["epoch"] >= epochs or (state["step"] == 0 and state["bad_epochs"] >= patience > 0):
-        log.info("the run in %s already finished (%d of %d epochs%s): no training; its best weights are evaluated and written",
-                 directory, state["epoch"], epochs, ", early stopping" if state["epoch"] < epochs else "")
+    if state["epoch"] >= epochs:  # (a run that stopped early is reported by BestWeights, which owns that state)
+        log.info("the run in %s already finished (%d of %d epochs): no training; its best weights are evaluated and written",
+                 directory, state["epoch"], epochs)
     else:
         log.info("resuming from %s at epoch %d/%d, step %d", name, state["epoch"] + 1, epochs, state["step"])
     return state
@@ -164,3 +165,64 @@ class StopSignal:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         return False
+
+
+class TrainingInterrupted(UserError):
+    """SIGTERM (or Ctrl-C) arrived: state is saved and the job can be resumed."""
+
+    def __init__(self, message: str, signum: int | None = None):
+        super().__init__(message)
+        self.signum = signum
+
+
+class Checkpointer(Hook):
+    """The one owner of a checkpoint's contents: the loop's state plus every hook's own state.
+
+    Saves at every epoch end and, when SIGTERM arrives, at the end of the current step; then stops
+    the job with a resumable reason. `resume()` restores the newest complete checkpoint.
+    """
+
+    def __init__(self, directory: Path, hooks: list[Hook], job: dict):
+        self.directory, self.hooks, self.job = Path(directory), hooks, job
+
+    def snapshot(self, loop) -> dict:
+        state = loop.state_dict()
+        state["job"] = self.job
+        state["hooks"] = {hook.name: hook.state_dict() for hook in self.hooks if hook is not self}
+        return state
+
+    def save(self, loop) -> Path:
+        path = save_checkpoint(self.directory, self.snapshot(loop))
+        if loop.timeline is not None:
+            loop.timeline.mark("checkpoint", epoch=loop.epoch + (loop.step > 0), step=loop.global_step)
+        return path
+
+    def resume(self, loop) -> bool:
+        state = resume_state(self.directory, self.job, loop.hp.epochs, manage_files=loop.rt.is_main)
+        if state is None:
+            return False
+        loop.load_state_dict(state)
+        saved = state.get("hooks", {})
+        for hook in self.hooks:
+            if hook is not self:
+                hook.load_state_dict(saved.get(hook.name, {}))
+        return True
+
+    def after_epoch(self, loop) -> None:
+        if loop.rt.is_main:
+            self.save(loop)
+
+    def after_step(self, loop) -> None:
+        received = bool(loop.stop_signal.received)
+        # Single process: stop at once. DDP: ranks agree at sync points, so all stop at the same step.
+        if loop.rt.world_size > 1:
+            if not loop.at_interval:
+                return
+            received = loop.all_sum([float(received)])[0] > 0
+        if not received:
+            return
+        loop.sync()
+        if loop.rt.is_main:
+            log.warning("checkpoint saved to %s", self.save(loop))
+        raise TrainingInterrupted(f"stopped by signal at epoch {loop.epoch + 1} step {loop.step}/{loop.steps_per_epoch}; "
+                                  f"state saved in {self.directory}, a restarted job resumes from it", loop.stop_signal.received)

@@ -30,6 +30,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--model-dir", type=Path, required=True)
     p.add_argument("--output-dir", type=Path, default=Path("output"), help="reports, TensorBoard, failure file (default: output)")
     p.add_argument("--nproc-per-node", type=int, default=1, help="processes (GPUs) to train with, via torchrun and DDP (default: 1)")
+    p.add_argument("--rule", action="append", default=[], metavar="RuleName_param=V",
+                   help="an insight rule parameter, as the SageMaker hyperparameter of the same name (e.g. StepOutlier_stddev=4); repeatable")
     hps = p.add_argument_group("hyperparameters (same names as SageMaker hyperparameters)")
     for name, default, choices, help_text in describe():
         hps.add_argument(f"--{name}", dest=f"hp_{name}", metavar="V", default=None,
@@ -60,6 +62,11 @@ def run_train(args: argparse.Namespace) -> int:
     if not launch.is_worker():  # torchrun workers share the launcher's output dir
         clear_failure(args.output_dir)
     try:
+        for item in args.rule:
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise UserError(f"--rule expects RuleName_param=VALUE, got {item!r}")
+            raw[name.strip()] = value.strip()
         hp = parse_hyperparameters(raw)
         if args.nproc_per_node > 1 and not launch.is_worker():
             cmd = launch.torchrun_command(["imgcls", *sys.argv[1:]], hosts=[], current_host="", nproc_per_node=args.nproc_per_node)
@@ -116,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["report"]:  # needs no model: answered before the train parser's table imports torch
+        from .insights.report import main as report_main
+        return report_main(argv[1:])
     from .logs import configure_logging
     from .download import add_download_arguments, run_download
     parser = argparse.ArgumentParser(prog="imgcls", description=__doc__)
@@ -124,6 +135,7 @@ def _main(argv: list[str] | None) -> int:
     _serve_parser(sub)
     add_download_arguments(sub.add_parser("download-data", help="download and unpack the public dogImages.zip"))
     _sample_parser(sub)
+    sub.add_parser("report", help="render report.html and insights.json again from a job's raw insight files (imgcls report DIR)")
     args = _parse(parser, sub, argv)
     configure_logging()
     if args.command == "train":

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .errors import UserError
+from .insights.rules import is_rule_param, validate_rule_params
 from .models import BACKBONES
 
 
@@ -47,14 +48,22 @@ class HyperParameters:
     checkpoint_dir: str | None = _hp(None, "where to checkpoint every epoch and on SIGTERM (default: /opt/ml/checkpoints)", kind=str)
     log_interval: int = _hp(20, "steps between progress lines in logs", low=1, high=100000)
     max_steps_per_epoch: int = _hp(0, "cap on steps per epoch, for smoke tests and profiling (0: no cap)", low=0, high=10**9)
+    insights: bool = _hp(True, "collect training insights (step timing, gradients, system) and write report.html; rules evaluated online")
+    insights_sample_interval: int = _hp(50, "steps between sampled steps (per-layer gradients, weight-update ratios, ReLU activity)", low=1, high=10**6)
+    insights_init_steps: int = _hp(10, "first steps observed for poor initialisation (activation variance, gradient percentiles)", low=0, high=10000)
+    profiler_steps: int = _hp(3, "steps in the torch.profiler window after warm-up (0: no profiler window)", low=0, high=100)
+    # `<RuleName>_<param>` overrides of the insight rules (e.g. StepOutlier_stddev), as given; not a CLI flag of its own
+    rule_params: dict = field(default_factory=dict, metadata={"help": "", "low": None, "high": None, "choices": None, "kind": "rules"})
 
     def as_dict(self) -> dict[str, Any]:
-        return {hp_name(f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
+        """Names and values as a user passes them: rule overrides flattened back to `<RuleName>_<param>`."""
+        values = {hp_name(f.name): getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "rule_params"}
+        return {**values, **self.rule_params}
 
 
 # Names users of the earlier notebooks pass.
 ALIASES = {"learning_rate": "lr", "learning-rate": "lr", "num_epochs": "epochs", "num-epochs": "epochs"}
-FIELDS = {f.name: f for f in dataclasses.fields(HyperParameters)}
+FIELDS = {f.name: f for f in dataclasses.fields(HyperParameters) if f.metadata["kind"] != "rules"}
 
 
 def hp_name(field_name: str) -> str:
@@ -114,9 +123,12 @@ def _coerce(name: str, f: dataclasses.Field, value: Any) -> Any:
 
 def parse_hyperparameters(raw: Mapping[str, Any]) -> HyperParameters:
     """Validate raw values (strings from hyperparameters.json, JSON values from SM_HPS, or CLI text)."""
-    values = {}
+    values, rule_overrides = {}, {}
     for name, value in raw.items():
         if name.startswith(("sagemaker_", "_")):  # set by SageMaker and the tuner, not ours
+            continue
+        if is_rule_param(name):  # `StepOutlier_stddev`: an insight rule's parameter
+            rule_overrides[name] = value
             continue
         key = _canonical(name)
         if key not in FIELDS:
@@ -125,13 +137,16 @@ def parse_hyperparameters(raw: Mapping[str, Any]) -> HyperParameters:
             hint = f"did you mean {close[0]}? " if close else ""
             raise UserError(f"hyperparameter {name}: unknown name; {hint}known names are {', '.join(known)}")
         values[key] = _coerce(key, FIELDS[key], value)
+    if rule_overrides:
+        params = validate_rule_params(rule_overrides)
+        values["rule_params"] = {k: params[k.partition("_")[0]][k.partition("_")[2]] for k in rule_overrides}
     return HyperParameters(**values)
 
 
 def describe() -> list[tuple[str, str, str, str]]:
     """(name, default, range or choices, help) rows for the CLI help and the README."""
     rows = []
-    for f in dataclasses.fields(HyperParameters):
+    for f in FIELDS.values():
         m = f.metadata
         if m["choices"]:
             rng = ", ".join(m["choices"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +15,12 @@ from torch.utils.data import DataLoader
 
 from . import reports
 from .artifacts import atomic_write_json, save_model_dir
-from .checkpoint import StopSignal, data_fingerprint, job_identity, resume_state, save_checkpoint
-from .divergence import DivergenceDetector
+from .checkpoint import Checkpointer, StopSignal, data_fingerprint, job_identity
 from .data import EpochSampler, ImageFiles, default_workers, load_splits, resolve_splits
+from .engine import Hooks, LoopState, StepTimer, Timeline, all_sum
 from .errors import UserError
+from .hooks import BestWeights, DivergenceGuard, HistoryWriter, MetricLines, Progress, ProgressHook, TensorBoardHook
+from .insights.collect import insight_hooks
 from .hyperparams import HyperParameters
 from .metrics import format_metrics
 from .models import IMAGENET_MEAN, IMAGENET_STD, apply_finetune_policy, build_model, load_pretrained, param_groups, resolve_pretrained
@@ -35,14 +36,6 @@ class JobPaths:
     checkpoint_dir: Path
     tensorboard_dir: Path | None
     channels: dict[str, Path] = field(default_factory=dict)
-
-
-class TrainingInterrupted(UserError):
-    """SIGTERM (or Ctrl-C) arrived: state is saved and the job can be resumed."""
-
-    def __init__(self, message: str, signum: int | None = None):
-        super().__init__(message)
-        self.signum = signum
 
 
 @dataclass
@@ -109,14 +102,6 @@ def lr_lambda(total_steps: int, warmup_steps: int, schedule: str):
     return factor
 
 
-def all_sum(values: list[float], rt: Runtime) -> list[float]:
-    if rt.world_size == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=rt.device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
 def make_loader(dataset, sampler, batch_size: int, workers: int, device: torch.device, train: bool) -> DataLoader:
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
@@ -154,39 +139,18 @@ def evaluate(model, loader, rt: Runtime, amp_dtype, channels_last: bool, num_cla
     return total_loss / max(1, total_seen), total_correct / max(1, total_seen), confusion
 
 
-class Progress:
-    """A bar in a terminal; plain lines every `interval` steps in SageMaker logs."""
-
-    def __init__(self, total: int, desc: str, interval: int, enabled: bool):
-        self.bar = None
-        self.total, self.desc, self.interval, self.enabled = total, desc, interval, enabled
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
-
-    def update(self, step: int, **info) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.update(step - self.bar.n)
-            self.bar.set_postfix({k: f"{v:.4g}" for k, v in info.items()}, refresh=False)
-        elif step % self.interval == 0 or step == self.total:
-            print(f"{self.desc} step {step}/{self.total} " + " ".join(f"{k}={v:.4g}" for k, v in info.items()), flush=True)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
 def train(hp: HyperParameters, paths: JobPaths) -> dict:
+    timeline = Timeline()
     rt = setup_runtime(hp)
     torch.manual_seed(hp.seed)
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     workers = hp.workers if hp.workers is not None else default_workers(local_world, rt.device.type)
 
     # ---- data: every file checked once; bad ones are listed and skipped
+    timeline.mark("data_scan_start")
     scan_processes = max(1, (os.cpu_count() or 1) // local_world)  # before training: nothing to compete with
     splits = load_splits(resolve_splits(paths.channels), hp.valid_fraction, hp.seed, scan_processes)
+    timeline.mark("data_scan_end")
     names = splits.class_names
     log.info("classes: %d; images: train %d, valid %d, test %d", len(names), len(splits.train.samples),
              len(splits.valid.samples), len(splits.test.samples) if splits.test else 0)
@@ -201,6 +165,7 @@ def train(hp: HyperParameters, paths: JobPaths) -> dict:
     valid_loader = eval_loader(splits.valid)
 
     # ---- model: pretrained backbone, new head, fine-tune policy
+    timeline.mark("model_build_start")
     model = build_model(hp.backbone, len(names))
     pretrained = resolve_pretrained(hp.backbone, hp.weights, paths.channels.get("pretrained"), hp.allow_download)
     if pretrained is not None:
@@ -222,154 +187,119 @@ def train(hp: HyperParameters, paths: JobPaths) -> dict:
     scaler = torch.amp.GradScaler(rt.device.type, enabled=amp_dtype == torch.float16)
     criterion = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
     net = nn.parallel.DistributedDataParallel(model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None) if rt.world_size > 1 else model
+    timeline.mark("model_ready")
 
-    # ---- resume from the newest complete checkpoint (spot restarts)
-    history: list[dict] = []
-    best = {"valid_loss": math.inf, "epoch": -1, "state": None}
-    start_epoch, start_step, bad_epochs = 0, 0, 0
-    partial = {"loss": 0.0, "correct": 0.0, "seen": 0.0, "data_wait": 0.0, "compute": 0.0}
-    divergence = DivergenceDetector()
-    job = job_identity(hp.as_dict(), names, data_fingerprint(splits))
-    state = resume_state(paths.checkpoint_dir, job, hp.epochs, manage_files=rt.is_main)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        history, best, bad_epochs, partial = state["history"], state["best"], state["bad_epochs"], state["partial"]
-        start_epoch, start_step = state["epoch"], state["step"]
-        divergence.load_state_dict(state.get("divergence"))
-
-    def snapshot(epoch: int, step: int) -> dict:
-        return {"epoch": epoch, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(),
-                "history": history, "best": best, "bad_epochs": bad_epochs, "partial": dict(partial),
-                "class_names": names, "backbone": hp.backbone, "hyperparameters": hp.as_dict(), "job": job,
-                "divergence": divergence.state_dict()}
-
-    tb = None
-    if rt.is_main and paths.tensorboard_dir is not None:
-        from torch.utils.tensorboard import SummaryWriter
-        tb = SummaryWriter(str(paths.tensorboard_dir))
+    # ---- the listeners; the checkpointer last, so its snapshot holds every other hook's state of the epoch
+    loop = LoopState(hp=hp, rt=rt, paths=paths, model=model, net=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                     criterion=criterion, class_names=names, steps_per_epoch=steps_per_epoch, splits=splits,
+                     loaders={"train": train_loader, "valid": valid_loader}, timeline=timeline, timer=StepTimer())
+    best = BestWeights(hp.early_stopping_patience)
+    collect, judge = insight_hooks(hp, paths)  # first, so its rules speak before the loop's own checks
+    hooks = Hooks([*collect, ProgressHook(), DivergenceGuard(), best, MetricLines(), HistoryWriter(paths.output_data_dir)])
+    if paths.tensorboard_dir is not None:
+        hooks.append(TensorBoardHook(paths.tensorboard_dir))
+    hooks += judge
+    checkpointer = Checkpointer(paths.checkpoint_dir, hooks, job_identity(hp.as_dict(), names, data_fingerprint(splits)))
+    hooks.append(checkpointer)
+    checkpointer.resume(loop)  # the newest complete checkpoint, if any (spot restarts)
+    timer = loop.timer
 
     # ---- the loop
-    with StopSignal() as stop:
-        for epoch in range(start_epoch, hp.epochs):
-            if bad_epochs >= hp.early_stopping_patience > 0:
-                break
-            net.train()
-            first_step = start_step if epoch == start_epoch else 0
-            if first_step == 0:
-                partial = dict.fromkeys(partial, 0.0)
-            train_sampler.set_epoch(epoch, start=first_step * hp.batch_size)
-            progress = Progress(steps_per_epoch, f"epoch {epoch + 1}/{hp.epochs}", hp.log_interval, rt.is_main)
-            epoch_start = time.perf_counter()
-            running_loss = torch.zeros((), device=rt.device)  # summed on the device; .item() only now and then
-            running_correct = torch.zeros((), dtype=torch.int64, device=rt.device)
-
-            def flush() -> None:
-                partial["loss"] += running_loss.item()
-                partial["correct"] += running_correct.item()
-                running_loss.zero_()
-                running_correct.zero_()
-                diverged = divergence.update(epoch, partial["loss"], partial["seen"])
-                if diverged:
-                    raise UserError(f"training diverged at epoch {epoch + 1} step {step}: {diverged}; no model was written; "
-                                    f"lower lr (now {hp.lr}{f', head-lr {hp.head_lr}' if hp.head_lr else ''})")
-
-            tick = time.perf_counter()
-            step = first_step
-            for images, targets in train_loader:
-                if step >= steps_per_epoch:
+    with StopSignal() as loop.stop_signal:
+        try:
+            hooks.call("before_train", loop)
+            timeline.mark("training_start")
+            for epoch in range(loop.epoch, hp.epochs):
+                if loop.finish_early:
                     break
-                waited = time.perf_counter() - tick
-                images = normalize(images.to(rt.device, non_blocking=True), channels_last=channels_last)
-                targets = targets.to(rt.device, non_blocking=True)
-                with torch.autocast(rt.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    logits = net(images)
-                    loss = criterion(logits.float(), targets)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                step += 1
-                running_loss += loss.detach() * targets.numel()
-                running_correct += (logits.argmax(1) == targets).sum()
-                partial["seen"] += targets.numel()
-                partial["data_wait"] += waited
-                partial["compute"] += time.perf_counter() - tick - waited
-                at_interval = step % hp.log_interval == 0 or step == steps_per_epoch  # the same steps on every rank
-                if at_interval or progress.bar is not None or stop.received:
-                    flush()
-                    progress.update(step, loss=partial["loss"] / partial["seen"], lr=optimizer.param_groups[0]["lr"],
-                                    img_s=partial["seen"] * rt.world_size / max(1e-9, partial["data_wait"] + partial["compute"]))
-                # Single process: stop at once. DDP: ranks agree at interval steps, so all stop at the same step.
-                stop_now = bool(stop.received) if rt.world_size == 1 else at_interval and all_sum([float(bool(stop.received))], rt)[0] > 0
-                if stop_now:
-                    flush()
-                    if rt.is_main:
-                        path = save_checkpoint(paths.checkpoint_dir, snapshot(epoch, step))
-                        log.warning("checkpoint saved to %s", path)
-                    progress.close()
-                    raise TrainingInterrupted(f"stopped by signal at epoch {epoch + 1} step {step}/{steps_per_epoch}; "
-                                              f"state saved in {paths.checkpoint_dir}, a restarted job resumes from it", stop.received)
-                tick = time.perf_counter()
-            flush()
-            progress.close()
+                net.train()
+                if loop.step == 0:
+                    loop.partial = dict.fromkeys(loop.partial, 0.0)
+                train_sampler.set_epoch(epoch, start=loop.step * hp.batch_size)
+                epoch_start = time.perf_counter()
+                loop.running_loss = torch.zeros((), device=rt.device)  # summed on the device; read at sync points only
+                loop.running_correct = torch.zeros((), dtype=torch.int64, device=rt.device)
+                timeline.mark("epoch_start", epoch=epoch + 1)
+                hooks.call("before_epoch", loop)
+                timer.restart()
+                for images, targets in train_loader:
+                    if loop.step >= steps_per_epoch:
+                        break
+                    waited = timer.lap("data")
+                    images = normalize(images.to(rt.device, non_blocking=True), channels_last=channels_last)
+                    targets = targets.to(rt.device, non_blocking=True)
+                    timer.lap("h2d")
+                    with torch.autocast(rt.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        logits = net(images)
+                        loss = criterion(logits.float(), targets)
+                    timer.lap("forward")
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    loop.images, loop.targets, loop.logits, loop.loss = images, targets, logits, loss
+                    hooks.call("after_backward", loop)
+                    timer.lap("backward")
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
+                    timer.lap("optimizer")
+                    loop.step += 1
+                    loop.running_loss += loss.detach() * targets.numel()
+                    loop.running_correct += (logits.argmax(1) == targets).sum()
+                    loop.partial["seen"] += targets.numel()
+                    loop.partial["data_wait"] += waited
+                    loop.partial["compute"] += timer.since_start() - waited
+                    hooks.call("after_step", loop)
+                    if loop.at_interval:  # the loop's own sync point (hooks may have synced already)
+                        loop.sync()
+                    timer.end_step(loop.global_step)
+                loop.sync()
+                loop.images = loop.targets = loop.logits = loop.loss = None
 
-            train_loss, train_correct, train_seen = all_sum([partial["loss"], partial["correct"], partial["seen"]], rt)
-            valid_loss, valid_acc, _ = evaluate(net, valid_loader, rt, amp_dtype, channels_last, len(names),
-                                                desc=f"valid {epoch + 1}/{hp.epochs}", log_interval=hp.log_interval)
-            busy = partial["data_wait"] + partial["compute"]
-            row = {"epoch": epoch + 1, "train_loss": train_loss / max(1, train_seen), "train_accuracy": train_correct / max(1, train_seen),
-                   "valid_loss": valid_loss, "valid_accuracy": valid_acc, "lr": optimizer.param_groups[0]["lr"],
-                   "epoch_seconds": time.perf_counter() - epoch_start, "images_per_sec": train_seen / max(1e-9, busy),
-                   "data_wait_fraction": partial["data_wait"] / max(1e-9, busy)}
-            history.append(row)
-            if valid_loss < best["valid_loss"]:
-                best = {"valid_loss": valid_loss, "epoch": epoch + 1, "state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
-                bad_epochs = 0
-            else:
-                bad_epochs += 1
+                p = loop.partial
+                train_loss, train_correct, train_seen = loop.all_sum([p["loss"], p["correct"], p["seen"]])
+                timeline.mark("evaluation_start", epoch=epoch + 1)
+                valid_loss, valid_acc, _ = evaluate(net, valid_loader, rt, amp_dtype, channels_last, len(names),
+                                                    desc=f"valid {epoch + 1}/{hp.epochs}", log_interval=hp.log_interval)
+                timeline.mark("evaluation_end", epoch=epoch + 1)
+                busy = p["data_wait"] + p["compute"]
+                loop.history.append({
+                    "epoch": epoch + 1, "train_loss": train_loss / max(1, train_seen), "train_accuracy": train_correct / max(1, train_seen),
+                    "valid_loss": valid_loss, "valid_accuracy": valid_acc, "lr": optimizer.param_groups[0]["lr"],
+                    "epoch_seconds": time.perf_counter() - epoch_start, "images_per_sec": train_seen / max(1e-9, busy),
+                    "data_wait_fraction": p["data_wait"] / max(1e-9, busy)})
+                loop.epoch, loop.step = epoch + 1, 0
+                timeline.mark("epoch_end", epoch=epoch + 1)
+                hooks.call("after_epoch", loop)
+            timeline.mark("training_end")
+
+            # ---- best weights, test, artifacts (rank 0 writes)
+            best.restore(model)
+            final_split = splits.test or splits.valid
+            timeline.mark("evaluation_start", epoch=None)
+            final_loss, final_acc, confusion = evaluate(net, eval_loader(final_split), rt, amp_dtype, channels_last, len(names),
+                                                        want_confusion=True, desc=final_split.name, log_interval=hp.log_interval)
+            timeline.mark("evaluation_end", epoch=None)
+            final = {"best_epoch": best.epoch, "best_valid_loss": best.valid_loss,
+                     f"{'test' if splits.test else 'valid'}_loss": final_loss, f"{'test' if splits.test else 'valid'}_accuracy": final_acc}
             if rt.is_main:
-                print(format_metrics(f"epoch={epoch + 1}/{hp.epochs}", {k: row[k] for k in
-                      ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "epoch_seconds")}), flush=True)
-                if tb is not None:
-                    for key, value in row.items():
-                        if key != "epoch":
-                            tb.add_scalar(key, value, epoch + 1)
-                save_checkpoint(paths.checkpoint_dir, snapshot(epoch + 1, 0))
-            if bad_epochs >= hp.early_stopping_patience > 0:
-                log.info("early stopping: no better valid_loss for %d epochs (best at epoch %d)", bad_epochs, best["epoch"])
-
-    # ---- best weights, test, artifacts (rank 0 writes)
-    if best["state"] is not None:
-        model.load_state_dict(best["state"])
-    final_split = splits.test or splits.valid
-    final_loss, final_acc, confusion = evaluate(net, eval_loader(final_split), rt, amp_dtype, channels_last, len(names),
-                                                want_confusion=True, desc=final_split.name, log_interval=hp.log_interval)
-    final = {"best_epoch": best["epoch"], "best_valid_loss": best["valid_loss"],
-             f"{'test' if splits.test else 'valid'}_loss": final_loss, f"{'test' if splits.test else 'valid'}_accuracy": final_acc}
-    if rt.is_main:
-        if splits.test is not None:
-            print(format_metrics("final", {"test_loss": final_loss, "test_accuracy": final_acc}), flush=True)
-        print(f"best epoch={best['epoch']}", flush=True)
-        config = {"backbone": hp.backbone, "image_size": hp.image_size, "resize_size": eval_preset.resize_size,
-                  "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "metrics": final,
-                  "hyperparameters": hp.as_dict(), "torch_version": torch.__version__}
-        save_model_dir(paths.model_dir, model, names, config)
-        out = Path(paths.output_data_dir)
-        reports.write_history(out, history)
-        reports.plot_learning_curves(history, out / "learning_curves.png")
-        reports.write_confusion_matrix(confusion.cpu().numpy(), names, out)
-        skipped = [{"split": s.name, "path": p, "reason": r} for s in (splits.train, splits.valid, splits.test) if s for p, r in s.skipped]
-        if skipped:
-            atomic_write_json(out / "skipped_files.json", skipped)
-        if tb is not None:
-            tb.close()
-        log.info("model written to %s", paths.model_dir)
+                if splits.test is not None:
+                    print(format_metrics("final", {"test_loss": final_loss, "test_accuracy": final_acc}), flush=True)
+                print(f"best epoch={best.epoch}", flush=True)
+                config = {"backbone": hp.backbone, "image_size": hp.image_size, "resize_size": eval_preset.resize_size,
+                          "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "metrics": final,
+                          "hyperparameters": hp.as_dict(), "torch_version": torch.__version__}
+                save_model_dir(paths.model_dir, model, names, config)
+                out = Path(paths.output_data_dir)
+                reports.write_confusion_matrix(confusion.cpu().numpy(), names, out)
+                skipped = [{"split": s.name, "path": p, "reason": r} for s in (splits.train, splits.valid, splits.test) if s for p, r in s.skipped]
+                if skipped:
+                    atomic_write_json(out / "skipped_files.json", skipped)
+                log.info("model written to %s", paths.model_dir)
+        except BaseException as exc:
+            loop.failure = exc
+            raise
+        finally:
+            hooks.finish(loop)  # after_train: always, also on a stop or an error
     if rt.world_size > 1:
         dist.barrier()
         dist.destroy_process_group()

@@ -277,6 +277,14 @@ def bad_requests(good_jpeg: bytes) -> list[tuple[str, bytes, dict, int]]:
          {"Content-Type": "application/json"}, 400),
         ("npy of the wrong shape", _npy(np.zeros((2, 3), np.float32)), {"Content-Type": "application/x-npy"}, 400),
         ("npy that needs pickle", _npy(np.array([None], dtype=object)), {"Content-Type": "application/x-npy"}, 400),
+        ("npz sent as npy", _npz(np.zeros((3, 64, 64), np.float32)), {"Content-Type": "application/x-npy"}, 400),
+        ("npy overflowing float32", _npy(np.full((3, 64, 64), 1e300)), {"Content-Type": "application/x-npy"}, 400),
+        ("npy giving a non-finite output", _npy(np.full((3, 64, 64), 3e38, np.float32)),
+         {"Content-Type": "application/x-npy"}, 400),
+        ("deeply nested json", b'{"image": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", {"Content-Type": "application/json"}, 400),
+        ("top_k of 5000 digits in json", b'{"image": "", "top_k": ' + b"9" * 5000 + b"}", {"Content-Type": "application/json"}, 400),
+        ("top_k of 5000 digits in custom attributes", good_jpeg,
+         {"Content-Type": "image/jpeg", "X-Amzn-SageMaker-Custom-Attributes": "top_k=" + "9" * 5000}, 400),
         ("bad top_k", good_jpeg, {"Content-Type": "image/jpeg", "X-Amzn-SageMaker-Custom-Attributes": "top_k=many"}, 400),
     ]
 
@@ -284,6 +292,12 @@ def bad_requests(good_jpeg: bytes) -> list[tuple[str, bytes, dict, int]]:
 def _npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=True)
+    return buffer.getvalue()
+
+
+def _npz(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, x=array)
     return buffer.getvalue()
 
 

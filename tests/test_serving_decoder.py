@@ -266,3 +266,53 @@ def test_encoder_top_k_sorted_and_full_vector():
     assert kind == content_types.NPY and matrix.shape == (2, 4) and list(np.argmax(matrix, 1)) == [1, 0]
     body, _ = encoder.encode(probabilities, names, content_types.JSON, 3, full_vector=True, single=False)
     assert np.allclose(np.array(json.loads(body)), probabilities.numpy())
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("body", [
+    ('{"image": ' + _nested(100_000) + "}").encode(),
+    ('{"images": ["x"], "extra": ' + _nested(100_000) + "}").encode(),
+    ('{"image": "x", "top_k": ' + _nested(100_000) + "}").encode(),
+    _nested(100_000).encode(),
+])
+def test_deeply_nested_json_is_a_400_not_a_recursion_error(body):
+    with pytest.raises(BadRequestError, match="nested"):
+        decode_request(body, content_types.JSON, PREP)
+
+
+def test_top_k_with_thousands_of_digits_is_a_400(chelsea):
+    image = base64.b64encode(encode(chelsea, "JPEG")).decode()
+    huge = "9" * 5000
+    with pytest.raises(BadRequestError, match="digits"):
+        decode_request(('{"image": "%s", "top_k": %s}' % (image, huge)).encode(), content_types.JSON, PREP)
+    with pytest.raises(BadRequestError, match="top_k"):
+        parse_top_k(huge)
+    assert parse_top_k("1" + "0" * 17) == 10 ** 17  # long but legal: capped later by the class count
+
+
+def test_npz_archive_sent_as_npy_is_a_400():
+    buffer = io.BytesIO()
+    np.savez(buffer, x=np.zeros((3, 64, 64), np.float32))
+    with pytest.raises(BadRequestError, match="npz|single array"):
+        decode_request(buffer.getvalue(), content_types.NPY, PREP)
+
+
+@pytest.mark.parametrize("array", [np.full((1, 3, 64, 64), 1e300, np.float64),
+                                   np.full((3, 64, 64), np.inf, np.float32),
+                                   np.full((3, 64, 64), np.nan, np.float16)])
+def test_npy_values_that_are_not_finite_in_float32_are_a_400(array):
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    with pytest.raises(BadRequestError, match="finite"):
+        decode_request(buffer.getvalue(), content_types.NPY, PREP)
+
+
+def test_encoder_never_writes_nan_into_json():
+    probabilities = torch.tensor([[float("nan"), 0.5]])
+    with pytest.raises(ValueError):
+        encoder.encode(probabilities, ["a", "b"], content_types.JSON, 2, full_vector=False, single=True)
+    with pytest.raises(ValueError):
+        encoder.encode(probabilities, ["a", "b"], content_types.JSON, 2, full_vector=True, single=True)

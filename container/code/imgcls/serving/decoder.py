@@ -18,6 +18,7 @@ from . import content_types
 from .errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 
 MAX_IMAGES_PER_REQUEST = 64
+MAX_INTEGER_DIGITS = 18  # JSON integers longer than this are refused before Python converts them
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,10 @@ def decode_request(body: bytes | bytearray | None, content_type: str, prep: Prep
 def _decode_json(body: bytes, prep: Preprocessing) -> DecodedRequest:
     """{"image": "<base64>"} or {"images": ["<base64>", ...]}, with an optional "top_k"."""
     try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        payload = json.loads(body, parse_int=_bounded_int)
+    except RecursionError:
+        raise BadRequestError("JSON nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise BadRequestError(f"malformed JSON: {exc}") from None
     if not isinstance(payload, dict) or ("image" in payload) == ("images" in payload):
         raise BadRequestError('JSON body must be an object with either "image": "<base64>" or "images": ["<base64>", ...]')
@@ -121,12 +124,20 @@ def _decode_json(body: bytes, prep: Preprocessing) -> DecodedRequest:
     return DecodedRequest(torch.stack(tensors), single=single, top_k=parse_top_k(payload.get("top_k")))
 
 
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INTEGER_DIGITS:
+        raise BadRequestError(f"JSON integer with {len(text)} digits; at most {MAX_INTEGER_DIGITS}")
+    return int(text)
+
+
 def _decode_npy(body: bytes, prep: Preprocessing) -> torch.Tensor:
     """An already preprocessed float array, 3xHxW or Nx3xHxW; never unpickled."""
     try:
         array = np.load(io.BytesIO(body), allow_pickle=False)
     except Exception as exc:  # numpy raises ValueError, EOFError, OSError... on bad headers
         raise BadRequestError(f"cannot read .npy body: {type(exc).__name__}: {exc}") from None
+    if not isinstance(array, np.ndarray):  # np.load opens .npz archives too
+        raise BadRequestError("application/x-npy body must be a single array (.npy), not an .npz archive")
     if array.ndim == 3:
         array = array[None]
     expected = (3, prep.image_size, prep.image_size)
@@ -134,9 +145,13 @@ def _decode_npy(body: bytes, prep: Preprocessing) -> torch.Tensor:
         raise BadRequestError(f"npy array has shape {array.shape}; expected (N, {', '.join(map(str, expected))}) or {expected}")
     if array.shape[0] > MAX_IMAGES_PER_REQUEST:
         raise BadRequestError(f"npy batch of {array.shape[0]}; at most {MAX_IMAGES_PER_REQUEST} per request")
-    if not np.issubdtype(array.dtype, np.floating) or not np.isfinite(array).all():
+    if not np.issubdtype(array.dtype, np.floating):
         raise BadRequestError(f"npy array must hold finite floats (got dtype {array.dtype})")
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    with np.errstate(over="ignore", invalid="ignore"):
+        as_float32 = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(as_float32).all():  # 1e300 as float64 becomes inf as float32
+        raise BadRequestError(f"npy array must hold values that are finite as float32 (got dtype {array.dtype})")
+    return torch.from_numpy(as_float32)
 
 
 def parse_top_k(value) -> int | None:
@@ -146,6 +161,8 @@ def parse_top_k(value) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool):
         top_k = value
     elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        if len(value.strip()) > MAX_INTEGER_DIGITS:
+            raise BadRequestError(f"top_k has {len(value.strip())} digits; at most {MAX_INTEGER_DIGITS}")
         top_k = int(value)
     else:
         raise BadRequestError(f"top_k must be a positive integer, got {value!r}")

@@ -29,6 +29,6 @@ def encode(probabilities: torch.Tensor, class_names: list[str], accept: str, top
         np.save(buffer, probabilities.float().cpu().numpy(), allow_pickle=False)
         return buffer.getvalue(), content_types.NPY
     if full_vector:
-        return json.dumps(probabilities.float().cpu().tolist()).encode(), content_types.JSON
+        return json.dumps(probabilities.float().cpu().tolist(), allow_nan=False).encode(), content_types.JSON
     results = [top_k_entries(row, class_names, top_k) for row in probabilities.cpu()]
-    return json.dumps(results[0] if single else results).encode(), content_types.JSON
+    return json.dumps(results[0] if single else results, allow_nan=False).encode(), content_types.JSON

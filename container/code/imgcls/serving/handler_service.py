@@ -128,6 +128,10 @@ class HandlerService:
         for index, (request, options) in decoded.items():
             rows = probabilities[start:start + len(request.batch)]
             start += len(request.batch)
+            if not torch.isfinite(rows).all():  # e.g. npy inputs near float32's limit overflow in the network
+                responses[index] = self._error(context, index, 400, "the model's output for this input is not "
+                                               "finite (NaN or infinity): input values out of range?")
+                continue
             body, content_type = encoder.encode(rows, self.model.class_names, options.accept,
                                                 options.top_k or self.settings.default_top_k,
                                                 options.full_vector, request.single)

@@ -316,3 +316,30 @@ def test_encoder_never_writes_nan_into_json():
         encoder.encode(probabilities, ["a", "b"], content_types.JSON, 2, full_vector=False, single=True)
     with pytest.raises(ValueError):
         encoder.encode(probabilities, ["a", "b"], content_types.JSON, 2, full_vector=True, single=True)
+
+
+def test_decoding_work_per_request_is_bounded_before_any_pixel_is_decoded():
+    import time
+
+    small_file_big_image = png_bomb(7000)  # 49 megapixels, under the per-image limit, a few kB
+    body = json.dumps({"images": [base64.b64encode(small_file_big_image).decode()] * 46}).encode()
+    started = time.perf_counter()
+    with pytest.raises(PayloadTooLargeError, match=r"images\[2\].*megapixels") as caught:
+        decode_request(body, content_types.JSON, PREP)
+    assert caught.value.status_code == 413
+    assert time.perf_counter() - started < 5  # two images decoded, not 46
+    wide = encode(Image.fromarray(np.zeros((3000, 3000), np.uint16)), "PNG")  # 9 MP, 16-bit: counts 36
+    with pytest.raises(PayloadTooLargeError):
+        decode_request(wide, content_types.PNG, PREP, max_megapixels=30)
+    assert decode_request(wide, content_types.PNG, PREP, max_megapixels=40).batch.shape == (1, 3, 64, 64)
+
+
+def test_16bit_decoding_memory_stays_near_the_decoded_image():
+    import tracemalloc
+
+    wide = encode(Image.fromarray((np.arange(2000 * 2000, dtype=np.uint32) % 65536).astype(np.uint16).reshape(2000, 2000)), "PNG")
+    tracemalloc.start()
+    decode_image(wide, PREP)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 14 * 2000 * 2000, peak  # float64 copies took about 30 bytes a pixel

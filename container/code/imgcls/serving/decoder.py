@@ -15,9 +15,13 @@ from PIL import Image, UnidentifiedImageError
 from ..imaging import load_rgb
 from ..presets import EvalPreset, normalize
 from . import content_types
-from .errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from .errors import BadRequestError, PayloadTooLargeError, RequestError, UnsupportedMediaTypeError
 
 MAX_IMAGES_PER_REQUEST = 64
+# Decoding work one request may ask for, in megapixels summed over its images (high bit-depth pixels
+# count 4x: they decode to 4-byte values). Bounds how long one legal request holds the worker.
+DEFAULT_MAX_REQUEST_MEGAPIXELS = 100
+WIDE_PIXEL_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 MAX_INTEGER_DIGITS = 18  # JSON integers longer than this are refused before Python converts them
 
 
@@ -50,7 +54,24 @@ class DecodedRequest:
     top_k: int | None = None      # from the JSON body
 
 
-def decode_image(data: bytes, prep: Preprocessing) -> Image.Image:
+class PixelBudget:
+    """Megapixels of decoding left to one request; spent before each image's pixels are decoded."""
+
+    def __init__(self, megapixels: float = DEFAULT_MAX_REQUEST_MEGAPIXELS):
+        self.limit = megapixels
+        self.spent = 0.0
+
+    def spend(self, image: Image.Image) -> None:
+        width, height = image.size
+        cost = width * height * (4 if image.mode in WIDE_PIXEL_MODES else 1) / 1e6
+        self.spent += cost
+        if self.spent > self.limit:
+            raise PayloadTooLargeError(
+                f"request needs {self.spent:.0f} megapixels of decoding ({width}x{height} {image.mode} image "
+                f"reached it); at most {self.limit:g} per request (IMGCLS_MAX_REQUEST_MEGAPIXELS)")
+
+
+def decode_image(data: bytes, prep: Preprocessing, budget: PixelBudget | None = None) -> Image.Image:
     """Bytes of any still image PIL reads -> upright 8-bit RGB, the same way training decodes.
 
     JPEGs much larger than the model input are decoded at 1/2, 1/4 or 1/8 scale (draft mode).
@@ -63,7 +84,12 @@ def decode_image(data: bytes, prep: Preprocessing) -> Image.Image:
         with warnings.catch_warnings():
             # PIL only warns between 1x and 2x the limit; refuse that range too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if budget is not None:
+                with Image.open(io.BytesIO(data)) as header_only:  # reads the header, decodes no pixel
+                    budget.spend(header_only)
             return load_rgb(io.BytesIO(data), min_side=prep.preset.decode_side)
+    except PayloadTooLargeError:
+        raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise BadRequestError(f"image rejected as a decompression bomb: {exc}") from None
     except UnidentifiedImageError:
@@ -72,27 +98,29 @@ def decode_image(data: bytes, prep: Preprocessing) -> Image.Image:
         raise BadRequestError(f"cannot decode image ({len(data)} bytes): {type(exc).__name__}: {exc}") from None
 
 
-def image_to_tensor(data: bytes, prep: Preprocessing) -> torch.Tensor:
-    return prep(decode_image(data, prep))
+def image_to_tensor(data: bytes, prep: Preprocessing, budget: PixelBudget | None = None) -> torch.Tensor:
+    return prep(decode_image(data, prep, budget))
 
 
 def decode_request(body: bytes | bytearray | None, content_type: str, prep: Preprocessing,
-                   max_payload_bytes: int | None = None) -> DecodedRequest:
+                   max_payload_bytes: int | None = None,
+                   max_megapixels: float = DEFAULT_MAX_REQUEST_MEGAPIXELS) -> DecodedRequest:
     body = bytes(body or b"")
     if max_payload_bytes is not None and len(body) > max_payload_bytes:
         raise PayloadTooLargeError(f"payload of {len(body)} bytes is over the limit of {max_payload_bytes} bytes")
     kind = content_types.media_type(content_type)
+    budget = PixelBudget(max_megapixels)
     if kind in content_types.IMAGE_TYPES:
-        return DecodedRequest(image_to_tensor(body, prep)[None], single=True)
+        return DecodedRequest(image_to_tensor(body, prep, budget)[None], single=True)
     if kind == content_types.JSON:
-        return _decode_json(body, prep)
+        return _decode_json(body, prep, budget)
     if kind == content_types.NPY:
         return DecodedRequest(_decode_npy(body, prep), single=False)
     raise UnsupportedMediaTypeError(
         f"Content-Type {content_type or '(none)'} is not supported; use one of {', '.join(content_types.REQUEST_TYPES)}")
 
 
-def _decode_json(body: bytes, prep: Preprocessing) -> DecodedRequest:
+def _decode_json(body: bytes, prep: Preprocessing, budget: PixelBudget) -> DecodedRequest:
     """{"image": "<base64>"} or {"images": ["<base64>", ...]}, with an optional "top_k"."""
     try:
         payload = json.loads(body, parse_int=_bounded_int)
@@ -118,9 +146,9 @@ def _decode_json(body: bytes, prep: Preprocessing) -> DecodedRequest:
         except (binascii.Error, ValueError) as exc:
             raise BadRequestError(f"{where}: malformed base64: {exc}") from None
         try:
-            tensors.append(image_to_tensor(data, prep))
-        except BadRequestError as exc:
-            raise BadRequestError(f"{where}: {exc.message}") from None
+            tensors.append(image_to_tensor(data, prep, budget))
+        except RequestError as exc:
+            raise type(exc)(f"{where}: {exc.message}") from None
     return DecodedRequest(torch.stack(tensors), single=single, top_k=parse_top_k(payload.get("top_k")))
 
 

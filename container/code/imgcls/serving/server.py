@@ -129,7 +129,9 @@ def mms_properties(config: ServerConfig, management_port: int) -> str:
         "default_service_handler": HANDLER,
         "default_workers_per_model": config.workers,
         "number_of_gpu": config.gpus,
-        "default_response_timeout": config.timeout_seconds,
+        # MMS (in seconds; its default_response_timeout is minutes) applies this to model loading as
+        # well as to batches: a backstop here; the worker enforces SAGEMAKER_MODEL_SERVER_TIMEOUT itself.
+        "default_response_timeout_seconds": max(config.timeout_seconds, config.startup_timeout_seconds) + 30,
         # Above the payload limit the handler answers 413 with a JSON reason; MMS's own 413 (far
         # above it) has an empty body. SageMaker itself caps real-time payloads at 6 MB.
         "max_request_size": (2 * config.max_payload_mb + 1) * 1024 * 1024,
@@ -202,6 +204,7 @@ class ModelServer:
             "IMGCLS_TORCH_THREADS": str(config.threads_per_worker),
             "OMP_NUM_THREADS": str(config.threads_per_worker),
             "SAGEMAKER_MAX_PAYLOAD_IN_MB": str(config.max_payload_mb),
+            "SAGEMAKER_MODEL_SERVER_TIMEOUT": str(config.timeout_seconds),
             "IMGCLS_BATCH_SIZE": str(config.batch_size)}
         log.info("starting MMS on %s:%d with %d worker(s) x %d thread(s), %d GPU(s), batches of up to %d "
                  "within %d ms; run dir %s", config.bind_host, config.port, config.workers, config.threads_per_worker,

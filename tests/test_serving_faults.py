@@ -96,3 +96,35 @@ def test_heavy_requests_cannot_hold_the_worker(trained_model_dir, tmp_path, good
         assert max(under_attack) < alone + 10, (alone, under_attack)
     finally:
         stop(server)
+
+
+def test_only_the_first_stop_signal_interrupts():
+    import signal as signals
+
+    from imgcls.serving.server import _Stop, _StopOnce
+
+    handler = _StopOnce()
+    with pytest.raises(_Stop):
+        handler(signals.SIGTERM, None)
+    handler(signals.SIGTERM, None)  # a second one, e.g. inside the clean-up, must not raise
+    handler(signals.SIGINT, None)
+    assert handler.received == "SIGTERM"
+
+
+def test_a_storm_of_sigterms_still_cleans_up_everything(trained_model_dir, tmp_path):
+    import os
+    import signal as signals
+
+    server = start_server(trained_model_dir, tmp_path, SAGEMAKER_MODEL_SERVER_WORKERS="1")
+    wait_for_ping(server, timeout=240)
+    processes = server.descendants()
+    assert list(server.tmp_dir.glob("imgcls-serve-*"))
+    started = time.monotonic()
+    while server.process.poll() is None and time.monotonic() - started < 60:
+        os.kill(server.process.pid, signals.SIGTERM)
+        time.sleep(0.002)
+    assert server.process.wait(timeout=5) == 0
+    assert time.monotonic() - started < 30  # SageMaker sends SIGKILL 30 s after SIGTERM on endpoints
+    _, alive = psutil.wait_procs(processes, timeout=5)
+    assert not alive, [p.cmdline() for p in alive]
+    assert list(server.tmp_dir.iterdir()) == []

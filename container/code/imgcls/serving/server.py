@@ -261,8 +261,17 @@ class _Stop(Exception):
     pass
 
 
-def _raise_stop(signo, frame):
-    raise _Stop(signal.Signals(signo).name)
+class _StopOnce:
+    """Signal handler: the first SIGTERM/SIGINT interrupts serving; later ones are ignored, so a repeated
+    signal can never land inside the clean-up (even before the `finally:` has ignored signals)."""
+
+    def __init__(self):
+        self.received: str | None = None
+
+    def __call__(self, signo, frame):
+        if self.received is None:
+            self.received = signal.Signals(signo).name
+            raise _Stop(self.received)
 
 
 def run(model_dir: str | None, port: int | None) -> None:
@@ -278,10 +287,13 @@ def run(model_dir: str | None, port: int | None) -> None:
     except ValueError as exc:
         log.error("serve failed: a setting is not a number: %s", exc)
         raise SystemExit(1) from None
-    server = ModelServer(config)
-    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    stop_once = _StopOnce()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop_once)
+    server = None
     exit_code = 0
     try:
+        server = ModelServer(config)
         started = time.monotonic()
         server.start()
         server.wait_until_ready()
@@ -294,11 +306,12 @@ def run(model_dir: str | None, port: int | None) -> None:
         log.error("serve failed: %s", exc)
         exit_code = 1
     finally:
+        stop_once.received = stop_once.received or "clean-up"  # from here on no signal interrupts
+        if server is not None:
+            server.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_IGN)  # a second signal must not interrupt the clean-up
-        server.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            # Ignored at the C level: Python's shutdown would reset a Python handler to the default (death).
+            signal.signal(sig, signal.SIG_IGN)
     if exit_code:
         raise SystemExit(exit_code)
 

@@ -152,6 +152,15 @@ def assert_top_k(result, class_names, k):
         assert class_names[entry["index"]] == entry["label"]
 
 
+def test_the_supervisor_never_loads_torch(server):
+    """serve's own process only starts and watches MMS: torch lives in the workers alone."""
+    maps = Path(f"/proc/{server.process.pid}/maps").read_text()
+    assert "libtorch" not in maps and "torchvision" not in maps
+    assert psutil.Process(server.process.pid).memory_info().rss < 150 * 1024 * 1024
+    code = "import sys, imgcls.cli, imgcls.serving.server; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
 def test_ping_answers_503_until_the_model_is_loaded_then_200(server):
     seen = [status for status in server.ping_history if status is not None]
     assert seen[0] == 503, server.ping_history

@@ -15,10 +15,8 @@ import torch
 from torch import nn
 
 from .models import build_model
+from .names import CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE  # torch-free, so serve's supervisor can use them
 
-WEIGHTS_FILE = "model.pt"
-LABELS_FILE = "labels.json"
-CONFIG_FILE = "model_config.json"
 FORMAT_VERSION = 1
 
 

@@ -30,7 +30,7 @@ import psutil
 
 from ..errors import UserError
 from . import readiness
-from .model_loading import resolve_model_dir
+from .model_files import resolve_model_dir
 
 log = logging.getLogger("imgcls.serve")
 

@@ -442,3 +442,42 @@ def test_imgcls_serve_without_a_model_fails_fast_with_the_reason(tmp_path):
     assert proc.returncode == 1
     assert "neither model.pt nor model.tar.gz" in proc.stdout + proc.stderr
     assert list(tmp_dir.iterdir()) == []
+
+
+def test_jumpstart_clients_verbose_json_and_octet_stream_images(server, in_process, photo_bytes):
+    _, class_names, _ = in_process
+    data = photo_bytes["chelsea"]
+    reply = server.invoke(data, "application/octet-stream", accept="application/json;verbose")
+    assert reply.status == 200, reply.body[:300]
+    verbose = reply.json()
+    assert verbose["labels"] == class_names and len(verbose["probabilities"]) == len(class_names)
+    assert verbose["predicted_label"] == class_names[int(np.argmax(verbose["probabilities"]))]
+    as_npy = np.load(io.BytesIO(server.invoke(data, "image/jpeg", accept="application/x-npy").body))
+    np.testing.assert_allclose(verbose["probabilities"], as_npy[0], atol=1e-6)
+    body = json.dumps({"images": [base64.b64encode(data).decode()] * 2}).encode()
+    batch = server.invoke(body, "application/json", accept="application/json; verbose").json()
+    assert [entry["predicted_label"] for entry in batch] == [verbose["predicted_label"]] * 2
+
+
+def test_serve_refuses_a_busy_port_at_once_in_one_line(trained_model_dir, tmp_path):
+    import socket
+
+    port = free_local_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        started = time.monotonic()
+        proc = run_imgcls("serve", "--model-dir", trained_model_dir, "--port", port, check=False, timeout=60,
+                          env={"IMGCLS_BIND_HOST": "127.0.0.1", "TMPDIR": str(tmp_path)})
+        took = time.monotonic() - started
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "already in use" in output.lower(), output
+    assert "Exception" not in output and "\tat " not in output
+    assert took < 5, took
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_serve_refuses_port_zero(trained_model_dir, tmp_path):
+    proc = run_imgcls("serve", "--model-dir", trained_model_dir, "--port", "0", check=False, timeout=60,
+                      env={"TMPDIR": str(tmp_path)})
+    assert proc.returncode == 1 and "port 0" in proc.stdout + proc.stderr

@@ -244,6 +244,8 @@ def test_accept_negotiation():
     assert choose("application/x-npy", content_types.JSON) == content_types.NPY
     assert choose("text/html;q=0.9, application/json;q=0.5", content_types.NPY) == content_types.JSON
     assert choose("application/x-npy;q=0, application/json", content_types.NPY) == content_types.JSON
+    assert choose("application/json;verbose", content_types.NPY) == content_types.JSON_VERBOSE
+    assert choose("application/json; Verbose; q=0.9, application/x-npy;q=0.1", content_types.NPY) == content_types.JSON_VERBOSE
     with pytest.raises(NotAcceptableError) as caught:
         choose("text/csv", content_types.JSON)
     assert caught.value.status_code == 406

@@ -89,7 +89,7 @@ class ServerConfig:
         workers = max(1, _env_int("SAGEMAKER_MODEL_SERVER_WORKERS", default_workers))
         return cls(
             model_dir=Path(model_dir) if model_dir else base_dir / ("models" if multi_model else "model"),
-            port=port or _env_int("SAGEMAKER_BIND_TO_PORT", 8080),
+            port=port if port is not None else _env_int("SAGEMAKER_BIND_TO_PORT", 8080),
             bind_host=env.get("IMGCLS_BIND_HOST", "0.0.0.0"),
             multi_model=multi_model,
             workers=workers,
@@ -161,6 +161,16 @@ LOG4J_CONFIG = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Fail at once with one line, instead of MMS's Java stack trace seconds later."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host or "0.0.0.0", port))
+        except OSError as exc:
+            raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (another server on that port?)") from None
+
+
 class ModelServer:
     """One MMS frontend (Java) and its Python workers, all started and stopped by this object."""
 
@@ -175,6 +185,7 @@ class ModelServer:
         config = self.config
         if not 0 < config.port <= MAX_MMS_PORT:
             raise UserError(f"port {config.port}: multi-model-server 1.1.11 only listens on ports 1-{MAX_MMS_PORT}")
+        _check_port_free(config.bind_host, config.port)
         model_dir = None
         if not config.multi_model:
             model_dir = resolve_model_dir(config.model_dir, self.run_dir / "model").resolve()

@@ -75,6 +75,7 @@ class ServerConfig:
     timeout_seconds: int
     max_payload_mb: int
     startup_timeout_seconds: int
+    idle_timeout_seconds: int
 
     @classmethod
     def from_env(cls, model_dir: str | None, port: int | None) -> "ServerConfig":
@@ -100,6 +101,7 @@ class ServerConfig:
             timeout_seconds=_env_int("SAGEMAKER_MODEL_SERVER_TIMEOUT", 60),
             max_payload_mb=_env_int("SAGEMAKER_MAX_PAYLOAD_IN_MB", 6),
             startup_timeout_seconds=_env_int("SAGEMAKER_STARTUP_TIMEOUT", 600),
+            idle_timeout_seconds=max(1, _env_int("IMGCLS_IDLE_TIMEOUT_SECONDS", 60)),
         )
 
 
@@ -197,12 +199,14 @@ class ModelServer:
         java = str(Path(os.environ["JAVA_HOME"]) / "bin" / "java") if os.environ.get("JAVA_HOME") else shutil.which("java")
         if java is None:
             raise UserError("java not found: multi-model-server needs a Java runtime (set JAVA_HOME or put java on PATH)")
-        # Ours first: it also holds a fixed ModelResponseDecoder that must shadow MMS's own.
+        # Ours first: it also holds ModelResponseDecoder and ServerInitializer, which must shadow MMS's own.
         class_path = ":".join([*([str(plugin_dir)] if plugin_dir else []), MMS_JARS])
         command = [java, f"-Dmodel_server_home={MMS_HOME}", f"-Djava.io.tmpdir={self.run_dir}",
                    f"-Dlog4j.configurationFile=file://{self.run_dir / 'log4j2.xml'}",
                    f"-Dimgcls.multiModel={str(config.multi_model).lower()}",
                    f"-Dimgcls.batchSize={config.batch_size}", f"-Dimgcls.maxBatchDelayMs={config.max_batch_delay_ms}",
+                   f"-Dimgcls.idleTimeoutSeconds={config.idle_timeout_seconds}",
+                   f"-Dimgcls.maxPayloadMb={config.max_payload_mb}",
                    *os.environ.get("SAGEMAKER_MODEL_SERVER_VMARGS", "").split(),
                    "-cp", class_path, "com.amazonaws.ml.mms.ModelServer",
                    "--python", sys.executable, "-f", str(self.run_dir / "mms.properties"), "-s", "/",

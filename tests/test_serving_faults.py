@@ -128,3 +128,44 @@ def test_a_storm_of_sigterms_still_cleans_up_everything(trained_model_dir, tmp_p
     _, alive = psutil.wait_procs(processes, timeout=5)
     assert not alive, [p.cmdline() for p in alive]
     assert list(server.tmp_dir.iterdir()) == []
+
+
+def test_a_killed_worker_fails_at_most_the_requests_it_held(trained_model_dir, tmp_path, good_jpeg):
+    import os
+    import signal as signals
+
+    clients = 4
+    server = start_server(trained_model_dir, tmp_path, SAGEMAKER_MODEL_SERVER_WORKERS="1")
+    try:
+        wait_for_ping(server, timeout=240)
+        (victim,) = worker_pids(server)
+        replies: list[tuple[float, int, bytes]] = []
+        lock = threading.Lock()
+        stop_at = [time.monotonic() + 600]
+
+        def client():
+            while time.monotonic() < stop_at[0]:
+                reply = server.invoke(good_jpeg, "image/jpeg")
+                with lock:
+                    replies.append((time.monotonic(), reply.status, reply.body))
+
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        for thread in threads:
+            thread.start()
+        time.sleep(2)
+        killed_at = time.monotonic()
+        os.kill(victim, signals.SIGKILL)
+        wait_for_ping(server, timeout=180)
+        recovered = time.monotonic() - killed_at
+        stop_at[0] = time.monotonic() + 3
+        for thread in threads:
+            thread.join(timeout=120)
+        failed = [(status, body) for _, status, body in replies if status != 200]
+        assert len(failed) <= clients, failed  # only those the dead worker held
+        for status, body in failed:
+            error = json.loads(body)
+            assert error["status"] == status >= 500 and "Worker died" not in error["message"]
+        assert any(at > killed_at + recovered and status == 200 for at, status, _ in replies)
+        print(f"worker killed: {len(failed)} request(s) failed, /ping 200 again after {recovered:.1f} s")
+    finally:
+        stop(server)

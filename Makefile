@@ -37,9 +37,16 @@ demo: setup
 image:
 	bash scripts/build_image.sh "$(IMAGE)" "$(BASE_IMAGE)" "$(EXTRA_CA_BUNDLE)" "$(BAKE_WEIGHTS)"
 
+# Every bench/*.py script in its short mode (BENCH_SHORT=1); each leaves its ratios as JSON in
+# build/bench/ (bench/results_file.py), and bench/summary.py gathers them into one Markdown file.
 bench: setup
-	$(UV) run python bench/train_throughput.py
-	$(UV) run python bench/serve_latency.py
+	@rm -rf build/bench && mkdir -p build/bench
+	@for script in bench/*.py; do \
+	  case "$$script" in bench/summary.py|bench/results_file.py) continue;; esac; \
+	  echo "== $$script"; \
+	  BENCH_SHORT=1 BENCH_RESULTS_DIR=build/bench $(UV) run python "$$script" || exit 1; \
+	done
+	$(UV) run python bench/summary.py build/bench build/bench-summary.md
 
 clean:
 	rm -rf demo_out .pytest_cache

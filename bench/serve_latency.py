@@ -1,6 +1,6 @@
 """Latency and throughput of the real `serve` stack against the bare in-process pipeline, on the same JPEGs.
 
-    uv run python bench/serve_latency.py                       # ResNet50 at 224 px, random weights
+    uv run python bench/serve_latency.py                       # ResNet18 and ResNet50 at 224 px, random weights
     uv run python bench/serve_latency.py --model-dir DIR       # a trained model directory
 
 Measures, in one run:
@@ -39,6 +39,9 @@ from imgcls.models import IMAGENET_MEAN, IMAGENET_STD, build_model
 from imgcls.serving import model_loading
 from imgcls.serving.decoder import decode_request
 from imgcls.serving.server import free_local_port
+
+sys.path.insert(0, str(Path(__file__).parent))
+from results_file import write_ratios  # noqa: E402
 
 
 def sample_photos() -> list[Image.Image]:
@@ -149,16 +152,8 @@ def load(port: int, images: list[bytes], concurrency: int, total: int) -> dict:
     return {"latencies": latencies, "rate": len(latencies) / wall}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model-dir", type=Path, help="trained model directory (default: random weights)")
-    parser.add_argument("--backbone", default="resnet50")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--rounds", type=int, default=4,
-                        help="measurements are interleaved in rounds so that load from other programs hits both sides")
-    parser.add_argument("--per-round", type=int, default=8, help="requests per measurement and round")
-    args = parser.parse_args()
-
+def measure(args, backbone: str) -> dict:
+    """One model: the interleaved rounds, then its figures and ratios."""
     photos = sample_photos()
     images = [jpeg(p, (640, 480)) for p in photos]
     large = jpeg(photos[0], (4000, 3000))
@@ -167,10 +162,9 @@ def main() -> None:
     local = {"latency": [], "batch8": [], "small": [], "large": []}
     served = {"c1": [], "c8": [], "c8_rate": [], "small": [], "large": []}
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as scratch:
-        model_dir = args.model_dir or make_model_dir(Path(scratch), args.backbone, args.image_size)
+        model_dir = args.model_dir or make_model_dir(Path(scratch), backbone, args.image_size)
         bare = InProcess(model_dir)
         process, port = start_server(model_dir, Path(scratch) / "serve.log")
-        load_before = os.getloadavg()[0]
         try:
             load(port, images, 1, 5)  # connection set-up and any first-request effects
             for _ in range(args.rounds):
@@ -187,31 +181,54 @@ def main() -> None:
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
-    load_after = os.getloadavg()[0]
-
+        del bare
     median = statistics.median
     rate_batch1 = 1 / statistics.mean(local["latency"])
     rate_batch8 = 8 / statistics.mean(local["batch8"])
-    best_local = max(rate_batch1, rate_batch8)
-    rate_c1 = 1 / statistics.mean(served["c1"])
     rate_c8 = statistics.mean(served["c8_rate"])
-    print(f"\n{args.backbone if not args.model_dir else model_dir}, {args.image_size} px, torch {torch.__version__}, "
+    figures = [("in process, batch 1 (decode+preprocess+fwd)", local["latency"], rate_batch1),
+               ("in process, batch 8", None, rate_batch8),
+               ("server, concurrency 1", served["c1"], 1 / statistics.mean(served["c1"])),
+               ("server, concurrency 8", served["c8"], rate_c8)]
+    ratios = [("server p50 at concurrency 1 / in-process p50", median(served["c1"]) / median(local["latency"]), "<= 1.10"),
+              ("fixed cost: server p50 - in-process p50 (ms)", (median(served["c1"]) - median(local["latency"])) * 1e3, "<= 3"),
+              ("server req/s at concurrency 8 / best in-process images/s", rate_c8 / max(rate_batch1, rate_batch8), ">= 0.90"),
+              ("4000x3000 JPEG / 640x480 JPEG, in process (p50)", median(local["large"]) / median(local["small"]), "<= 1.50"),
+              ("4000x3000 JPEG / 640x480 JPEG, through the server (p50)", median(served["large"]) / median(served["small"]), "<= 1.50")]
+    return {"figures": figures, "ratios": ratios}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model-dir", type=Path, help="trained model directory (default: random weights)")
+    parser.add_argument("--backbones", default="resnet18,resnet50", help="small and large model, side by side")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--rounds", type=int, default=2 if os.environ.get("BENCH_SHORT") == "1" else 4,
+                        help="measurements are interleaved in rounds so that load from other programs hits both sides")
+    parser.add_argument("--per-round", type=int, default=8, help="requests per measurement and round")
+    args = parser.parse_args()
+    backbones = [str(args.model_dir)] if args.model_dir else args.backbones.split(",")
+    load_before = os.getloadavg()[0]
+    results = {backbone: measure(args, backbone) for backbone in backbones}
+    load_after = os.getloadavg()[0]
+    median = statistics.median
+    print(f"\n{', '.join(backbones)} at {args.image_size} px, torch {torch.__version__}, "
           f"{len(os.sched_getaffinity(0))} CPU core(s), load average {load_before:.1f} -> {load_after:.1f}; "
           f"640x480 JPEG photos; {args.rounds} interleaved rounds\n")
-    print(f"{'measurement':<46}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}")
-    rows = [("in process, batch 1 (decode+preprocess+fwd)", local["latency"], rate_batch1),
-            ("in process, batch 8", None, rate_batch8),
-            ("server, concurrency 1", served["c1"], rate_c1),
-            ("server, concurrency 8", served["c8"], rate_c8)]
-    for name, latencies, rate in rows:
-        p50 = f"{median(latencies) * 1e3:9.1f}" if latencies else f"{'':9}"
-        p99 = f"{percentile(latencies, 99) * 1e3:9.1f}" if latencies else f"{'':9}"
-        print(f"{name:<46}{p50}{p99}{rate:9.2f}")
-    print(f"\n{'ratio':<60}{'value':>8}  goal")
-    print(f"{'server p50 at concurrency 1 / in-process p50':<60}{median(served['c1']) / median(local['latency']):>8.2f}  <= 1.10")
-    print(f"{'server req/s at concurrency 8 / best in-process images/s':<60}{rate_c8 / best_local:>8.2f}  >= 0.90")
-    print(f"{'4000x3000 JPEG / 640x480 JPEG, in process (p50)':<60}{median(local['large']) / median(local['small']):>8.2f}  <= 1.50")
-    print(f"{'4000x3000 JPEG / 640x480 JPEG, through the server (p50)':<60}{median(served['large']) / median(served['small']):>8.2f}  <= 1.50")
+    head = "".join(f"{b[-14:] + ' p50':>20}{'p99':>9}{'req/s':>8}" for b in backbones)
+    print(f"{'measurement':<46}{head}")
+    for row in range(4):
+        cells = ""
+        for backbone in backbones:
+            _, latencies, rate = results[backbone]["figures"][row]
+            cells += (f"{median(latencies) * 1e3:20.1f}{percentile(latencies, 99) * 1e3:9.1f}" if latencies
+                      else f"{'':29}") + f"{rate:8.2f}"
+        print(f"{results[backbones[0]]['figures'][row][0]:<46}{cells}")
+    print(f"\n{'ratio':<60}" + "".join(f"{b[-14:]:>16}" for b in backbones) + "  goal")
+    for row, (name, _, goal) in enumerate(results[backbones[0]]["ratios"]):
+        print(f"{name:<60}" + "".join(f"{results[b]['ratios'][row][1]:>16.2f}" for b in backbones) + f"  {goal}")
+    write_ratios("serve_latency", f"{', '.join(backbones)} at {args.image_size} px, concurrency 1 and 8",
+                 [(f"{b}: {name}", value, goal) for b in backbones for name, value, goal in results[b]["ratios"]])
 
 
 if __name__ == "__main__":

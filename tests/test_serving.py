@@ -30,6 +30,7 @@ from test_serving_decoder import (animated_gif, encode, exif_rotated_jpeg, multi
                                   png_bomb)
 
 PAYLOAD_LIMIT_MB = 1
+IDLE_TIMEOUT_SECONDS = 3
 
 
 @dataclass
@@ -123,7 +124,8 @@ def server(trained_model_dir, tmp_path_factory):
     (model_dir / "code").mkdir()
     (model_dir / "code" / "requirements.txt").write_text("imgcls-no-such-package==0.0.1\n")
     running = start_server(model_dir, tmp_path_factory.mktemp("serve"),
-                           SAGEMAKER_MAX_PAYLOAD_IN_MB=str(PAYLOAD_LIMIT_MB), SAGEMAKER_MODEL_SERVER_WORKERS="1")
+                           SAGEMAKER_MAX_PAYLOAD_IN_MB=str(PAYLOAD_LIMIT_MB), SAGEMAKER_MODEL_SERVER_WORKERS="1",
+                           IMGCLS_IDLE_TIMEOUT_SECONDS=str(IDLE_TIMEOUT_SECONDS))
     try:
         wait_for_ping(running, timeout=240)
         yield running
@@ -150,6 +152,15 @@ def assert_top_k(result, class_names, k):
     assert 0 < sum(probabilities) <= 1 + 1e-6
     for entry in result:
         assert class_names[entry["index"]] == entry["label"]
+
+
+def test_the_supervisor_never_loads_torch(server):
+    """serve's own process only starts and watches MMS: torch lives in the workers alone."""
+    maps = Path(f"/proc/{server.process.pid}/maps").read_text()
+    assert "libtorch" not in maps and "torchvision" not in maps
+    assert psutil.Process(server.process.pid).memory_info().rss < 150 * 1024 * 1024
+    code = "import sys, imgcls.cli, imgcls.serving.server; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
 
 def test_ping_answers_503_until_the_model_is_loaded_then_200(server):
@@ -277,6 +288,14 @@ def bad_requests(good_jpeg: bytes) -> list[tuple[str, bytes, dict, int]]:
          {"Content-Type": "application/json"}, 400),
         ("npy of the wrong shape", _npy(np.zeros((2, 3), np.float32)), {"Content-Type": "application/x-npy"}, 400),
         ("npy that needs pickle", _npy(np.array([None], dtype=object)), {"Content-Type": "application/x-npy"}, 400),
+        ("npz sent as npy", _npz(np.zeros((3, 64, 64), np.float32)), {"Content-Type": "application/x-npy"}, 400),
+        ("npy overflowing float32", _npy(np.full((3, 64, 64), 1e300)), {"Content-Type": "application/x-npy"}, 400),
+        ("npy giving a non-finite output", _npy(np.full((3, 64, 64), 3e38, np.float32)),
+         {"Content-Type": "application/x-npy"}, 400),
+        ("deeply nested json", b'{"image": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", {"Content-Type": "application/json"}, 400),
+        ("top_k of 5000 digits in json", b'{"image": "", "top_k": ' + b"9" * 5000 + b"}", {"Content-Type": "application/json"}, 400),
+        ("top_k of 5000 digits in custom attributes", good_jpeg,
+         {"Content-Type": "image/jpeg", "X-Amzn-SageMaker-Custom-Attributes": "top_k=" + "9" * 5000}, 400),
         ("bad top_k", good_jpeg, {"Content-Type": "image/jpeg", "X-Amzn-SageMaker-Custom-Attributes": "top_k=many"}, 400),
     ]
 
@@ -284,6 +303,12 @@ def bad_requests(good_jpeg: bytes) -> list[tuple[str, bytes, dict, int]]:
 def _npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=True)
+    return buffer.getvalue()
+
+
+def _npz(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, x=array)
     return buffer.getvalue()
 
 
@@ -312,13 +337,81 @@ def test_bad_input_gets_4xx_json_and_never_hurts_the_worker(server, photo_bytes)
     assert latency_after < 1.5 * latency_before + 0.05, (latency_before, latency_after)
 
 
-def test_body_far_over_every_limit_is_refused_by_the_frontend(server):
-    huge = bytes(3 * (2 * PAYLOAD_LIMIT_MB + 1) * 1024 * 1024)
+def test_body_far_over_every_limit_is_refused_by_the_frontend_in_our_shape(server):
+    import socket
+
+    huge = 3 * (2 * PAYLOAD_LIMIT_MB + 1) * 1024 * 1024
     try:
-        status = server.invoke(huge, "image/jpeg").status
+        server.invoke(bytes(huge), "image/jpeg")
     except (ConnectionError, http.client.HTTPException):
-        status = 413  # the frontend may close the socket while the body is still being sent
-    assert status == 413
+        pass  # the frontend may close the socket while the body is still being sent
+    # Its answer, read by a client that sends the headers and waits: refused before the body is read.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                     f"Content-Length: {huge}\r\n\r\n".encode())
+        reply = http.client.HTTPResponse(sock)
+        reply.begin()
+        assert reply.status == 413
+        error = json.loads(reply.read())
+    assert error["status"] == 413 and "SAGEMAKER_MAX_PAYLOAD_IN_MB" in error["message"]
+    assert server.ping_status() == 200
+
+
+def answers_from_the_port(server: Server, good_jpeg: bytes) -> list[tuple[str, Response]]:
+    """Odd paths, methods and bodies, sent over real HTTP."""
+    cases = []
+    paths = ["/", "/api-description", "/invocations?model_name=model", "/invocations/", "/models", "/models/model",
+             "/predictions/model", "/ping/extra", "/metrics", "/../../etc/passwd", "/%00", "/" + "a" * 3000,
+             "/invocations?x=%ZZ"]
+    for method in ("GET", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"):
+        for path in paths:
+            body = good_jpeg if method in ("POST", "PUT") else None
+            headers = {"Content-Type": "image/jpeg"} if body else {}
+            cases.append((f"{method} {path}", server.request(method, path, body, headers)))
+    cases.append(("no content type, text body", server.request("POST", "/invocations", b"hello \x00\xff secret")))
+    cases.append(("form-encoded photo", server.request("POST", "/invocations", good_jpeg,
+                                                      {"Content-Type": "application/x-www-form-urlencoded"})))
+    cases.append(("multipart", server.request("POST", "/invocations", b"--x\r\n", {"Content-Type": "multipart/form-data; boundary=x"})))
+    cases.append(("GET /invocations", server.request("GET", "/invocations")))
+    cases.append(("POST /ping", server.request("POST", "/ping", b"x", {"Content-Type": "image/jpeg"})))
+    return cases
+
+
+def test_every_answer_from_the_port_is_json_in_our_shape(server, photo_bytes):
+    good = photo_bytes["chelsea"]
+    for name, reply in answers_from_the_port(server, good):
+        text = reply.body.decode("utf-8", "replace")
+        if name.startswith("POST /invocations?") or name == "POST /invocations/":
+            assert reply.status == 200, (name, text[:300])  # same as /invocations
+            continue
+        assert 400 <= reply.status < 500, (name, reply.status, text[:300])
+        assert reply.headers.get("content-type", "").startswith("application/json"), name
+        error = json.loads(reply.body)
+        assert set(error) == {"error", "status", "message"} and error["status"] == reply.status, (name, error)
+        for leak in ("Traceback", "Exception", "com.amazonaws", "/tmp", "secret", "swagger", "openapi"):
+            assert leak.lower() not in text.lower(), (name, text[:300])
+    assert server.ping_status() == 200
+
+
+def test_idle_and_slow_connections_are_closed(server):
+    import socket
+
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(20)]
+    slow = socket.create_connection(("127.0.0.1", server.port))
+    slow.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100\r\n\r\n")
+    deadline = time.monotonic() + IDLE_TIMEOUT_SECONDS + 20
+    for sock in [*idle, slow]:
+        sock.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            while True:
+                chunk = sock.recv(1024)
+                if slow is sock and chunk:
+                    continue  # a slow sender may be told why before the close
+                assert chunk == b"", chunk
+                break
+        finally:
+            sock.close()
+    assert time.monotonic() < deadline
     assert server.ping_status() == 200
 
 
@@ -419,3 +512,42 @@ def test_imgcls_serve_without_a_model_fails_fast_with_the_reason(tmp_path):
     assert proc.returncode == 1
     assert "neither model.pt nor model.tar.gz" in proc.stdout + proc.stderr
     assert list(tmp_dir.iterdir()) == []
+
+
+def test_jumpstart_clients_verbose_json_and_octet_stream_images(server, in_process, photo_bytes):
+    _, class_names, _ = in_process
+    data = photo_bytes["chelsea"]
+    reply = server.invoke(data, "application/octet-stream", accept="application/json;verbose")
+    assert reply.status == 200, reply.body[:300]
+    verbose = reply.json()
+    assert verbose["labels"] == class_names and len(verbose["probabilities"]) == len(class_names)
+    assert verbose["predicted_label"] == class_names[int(np.argmax(verbose["probabilities"]))]
+    as_npy = np.load(io.BytesIO(server.invoke(data, "image/jpeg", accept="application/x-npy").body))
+    np.testing.assert_allclose(verbose["probabilities"], as_npy[0], atol=1e-6)
+    body = json.dumps({"images": [base64.b64encode(data).decode()] * 2}).encode()
+    batch = server.invoke(body, "application/json", accept="application/json; verbose").json()
+    assert [entry["predicted_label"] for entry in batch] == [verbose["predicted_label"]] * 2
+
+
+def test_serve_refuses_a_busy_port_at_once_in_one_line(trained_model_dir, tmp_path):
+    import socket
+
+    port = free_local_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        started = time.monotonic()
+        proc = run_imgcls("serve", "--model-dir", trained_model_dir, "--port", port, check=False, timeout=60,
+                          env={"IMGCLS_BIND_HOST": "127.0.0.1", "TMPDIR": str(tmp_path)})
+        took = time.monotonic() - started
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "already in use" in output.lower(), output
+    assert "Exception" not in output and "\tat " not in output
+    assert took < 5, took
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_serve_refuses_port_zero(trained_model_dir, tmp_path):
+    proc = run_imgcls("serve", "--model-dir", trained_model_dir, "--port", "0", check=False, timeout=60,
+                      env={"TMPDIR": str(tmp_path)})
+    assert proc.returncode == 1 and "port 0" in proc.stdout + proc.stderr

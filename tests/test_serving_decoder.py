@@ -244,6 +244,8 @@ def test_accept_negotiation():
     assert choose("application/x-npy", content_types.JSON) == content_types.NPY
     assert choose("text/html;q=0.9, application/json;q=0.5", content_types.NPY) == content_types.JSON
     assert choose("application/x-npy;q=0, application/json", content_types.NPY) == content_types.JSON
+    assert choose("application/json;verbose", content_types.NPY) == content_types.JSON_VERBOSE
+    assert choose("application/json; Verbose; q=0.9, application/x-npy;q=0.1", content_types.NPY) == content_types.JSON_VERBOSE
     with pytest.raises(NotAcceptableError) as caught:
         choose("text/csv", content_types.JSON)
     assert caught.value.status_code == 406
@@ -266,3 +268,80 @@ def test_encoder_top_k_sorted_and_full_vector():
     assert kind == content_types.NPY and matrix.shape == (2, 4) and list(np.argmax(matrix, 1)) == [1, 0]
     body, _ = encoder.encode(probabilities, names, content_types.JSON, 3, full_vector=True, single=False)
     assert np.allclose(np.array(json.loads(body)), probabilities.numpy())
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("body", [
+    ('{"image": ' + _nested(100_000) + "}").encode(),
+    ('{"images": ["x"], "extra": ' + _nested(100_000) + "}").encode(),
+    ('{"image": "x", "top_k": ' + _nested(100_000) + "}").encode(),
+    _nested(100_000).encode(),
+])
+def test_deeply_nested_json_is_a_400_not_a_recursion_error(body):
+    with pytest.raises(BadRequestError, match="nested"):
+        decode_request(body, content_types.JSON, PREP)
+
+
+def test_top_k_with_thousands_of_digits_is_a_400(chelsea):
+    image = base64.b64encode(encode(chelsea, "JPEG")).decode()
+    huge = "9" * 5000
+    with pytest.raises(BadRequestError, match="digits"):
+        decode_request(('{"image": "%s", "top_k": %s}' % (image, huge)).encode(), content_types.JSON, PREP)
+    with pytest.raises(BadRequestError, match="top_k"):
+        parse_top_k(huge)
+    assert parse_top_k("1" + "0" * 17) == 10 ** 17  # long but legal: capped later by the class count
+
+
+def test_npz_archive_sent_as_npy_is_a_400():
+    buffer = io.BytesIO()
+    np.savez(buffer, x=np.zeros((3, 64, 64), np.float32))
+    with pytest.raises(BadRequestError, match="npz|single array"):
+        decode_request(buffer.getvalue(), content_types.NPY, PREP)
+
+
+@pytest.mark.parametrize("array", [np.full((1, 3, 64, 64), 1e300, np.float64),
+                                   np.full((3, 64, 64), np.inf, np.float32),
+                                   np.full((3, 64, 64), np.nan, np.float16)])
+def test_npy_values_that_are_not_finite_in_float32_are_a_400(array):
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    with pytest.raises(BadRequestError, match="finite"):
+        decode_request(buffer.getvalue(), content_types.NPY, PREP)
+
+
+def test_encoder_never_writes_nan_into_json():
+    probabilities = torch.tensor([[float("nan"), 0.5]])
+    with pytest.raises(ValueError):
+        encoder.encode(probabilities, ["a", "b"], content_types.JSON, 2, full_vector=False, single=True)
+    with pytest.raises(ValueError):
+        encoder.encode(probabilities, ["a", "b"], content_types.JSON, 2, full_vector=True, single=True)
+
+
+def test_decoding_work_per_request_is_bounded_before_any_pixel_is_decoded():
+    import time
+
+    small_file_big_image = png_bomb(7000)  # 49 megapixels, under the per-image limit, a few kB
+    body = json.dumps({"images": [base64.b64encode(small_file_big_image).decode()] * 46}).encode()
+    started = time.perf_counter()
+    with pytest.raises(PayloadTooLargeError, match=r"images\[2\].*megapixels") as caught:
+        decode_request(body, content_types.JSON, PREP)
+    assert caught.value.status_code == 413
+    assert time.perf_counter() - started < 5  # two images decoded, not 46
+    wide = encode(Image.fromarray(np.zeros((3000, 3000), np.uint16)), "PNG")  # 9 MP, 16-bit: counts 36
+    with pytest.raises(PayloadTooLargeError):
+        decode_request(wide, content_types.PNG, PREP, max_megapixels=30)
+    assert decode_request(wide, content_types.PNG, PREP, max_megapixels=40).batch.shape == (1, 3, 64, 64)
+
+
+def test_16bit_decoding_memory_stays_near_the_decoded_image():
+    import tracemalloc
+
+    wide = encode(Image.fromarray((np.arange(2000 * 2000, dtype=np.uint32) % 65536).astype(np.uint16).reshape(2000, 2000)), "PNG")
+    tracemalloc.start()
+    decode_image(wide, PREP)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 14 * 2000 * 2000, peak  # float64 copies took about 30 bytes a pixel

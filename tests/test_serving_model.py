@@ -9,6 +9,7 @@ import torch
 
 from imgcls.errors import UserError
 from imgcls.serving import model_loading
+from imgcls.serving.model_files import resolve_model_dir
 
 
 def make_archive(path, members: dict[str, bytes]) -> None:
@@ -24,7 +25,7 @@ def model_files(model_dir) -> dict[str, bytes]:
 
 
 def test_unpacked_folder_is_used_in_place(trained_model_dir, tmp_path):
-    assert model_loading.resolve_model_dir(trained_model_dir, tmp_path / "x") == trained_model_dir
+    assert resolve_model_dir(trained_model_dir, tmp_path / "x") == trained_model_dir
     assert not (tmp_path / "x").exists()
 
 
@@ -37,7 +38,7 @@ def test_model_tar_gz_is_extracted(trained_model_dir, tmp_path, layout):
     folder.mkdir()
     make_archive(folder / "model.tar.gz", files)
     source = folder / "model.tar.gz" if layout == "archive path" else folder
-    resolved = model_loading.resolve_model_dir(source, tmp_path / "extracted")
+    resolved = resolve_model_dir(source, tmp_path / "extracted")
     assert (resolved / "model.pt").read_bytes() == (trained_model_dir / "model.pt").read_bytes()
     assert resolved.is_relative_to(tmp_path / "extracted")
 
@@ -45,13 +46,13 @@ def test_model_tar_gz_is_extracted(trained_model_dir, tmp_path, layout):
 def test_path_traversal_in_the_archive_is_refused(trained_model_dir, tmp_path):
     make_archive(tmp_path / "model.tar.gz", {**model_files(trained_model_dir), "../escaped.txt": b"x"})
     with pytest.raises(UserError, match="outside"):
-        model_loading.resolve_model_dir(tmp_path / "model.tar.gz", tmp_path / "extracted")
+        resolve_model_dir(tmp_path / "model.tar.gz", tmp_path / "extracted")
     assert not (tmp_path / "escaped.txt").exists()
 
 
 def test_folder_without_a_model_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="neither model.pt nor model.tar.gz"):
-        model_loading.resolve_model_dir(tmp_path, tmp_path / "x")
+        resolve_model_dir(tmp_path, tmp_path / "x")
 
 
 def test_cpu_load_sets_threads_and_warms_up(trained_model_dir):

@@ -19,10 +19,8 @@ from torch import nn
 
 from .errors import UserError
 from .models import build_model
+from .names import CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE  # torch-free, so serve's supervisor can use them
 
-WEIGHTS_FILE = "model.pt"
-LABELS_FILE = "labels.json"
-CONFIG_FILE = "model_config.json"
 FORMAT_VERSION = 1
 
 

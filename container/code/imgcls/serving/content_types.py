@@ -7,13 +7,15 @@ JPEG = "image/jpeg"
 PNG = "image/png"
 WEBP = "image/webp"
 X_IMAGE = "application/x-image"  # SageMaker's built-in image classifier type: any format PIL can open
+OCTET_STREAM = "application/octet-stream"  # what generic clients send for raw bytes: read as an image
 JSON = "application/json"
+JSON_VERBOSE = "application/json;verbose"  # JumpStart predictors: predicted_label, labels, probabilities
 NPY = "application/x-npy"
 ANY = "*/*"
 
-IMAGE_TYPES = (JPEG, PNG, WEBP, X_IMAGE)
+IMAGE_TYPES = (JPEG, PNG, WEBP, X_IMAGE, OCTET_STREAM)
 REQUEST_TYPES = (*IMAGE_TYPES, JSON, NPY)
-RESPONSE_TYPES = (JSON, NPY)
+RESPONSE_TYPES = (JSON, JSON_VERBOSE, NPY)
 
 
 def media_type(header: str | None) -> str:
@@ -36,7 +38,10 @@ def choose_response_type(accept: str | None, default: str) -> str:
                     quality = float(value)
                 except ValueError:
                     quality = 0.0
-        offers.append((-quality, position, kind.lower()))
+        kind = kind.lower()
+        if kind == JSON and "verbose" in (p.lower() for p in params):
+            kind = JSON_VERBOSE
+        offers.append((-quality, position, kind))
     for negative_quality, _, kind in sorted(offers):
         if negative_quality >= 0:  # q=0 means "not this one"
             continue

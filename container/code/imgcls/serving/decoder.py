@@ -15,9 +15,14 @@ from PIL import Image, UnidentifiedImageError
 from ..imaging import load_rgb
 from ..presets import EvalPreset, normalize
 from . import content_types
-from .errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from .errors import BadRequestError, PayloadTooLargeError, RequestError, UnsupportedMediaTypeError
 
 MAX_IMAGES_PER_REQUEST = 64
+# Decoding work one request may ask for, in megapixels summed over its images (high bit-depth pixels
+# count 4x: they decode to 4-byte values). Bounds how long one legal request holds the worker.
+DEFAULT_MAX_REQUEST_MEGAPIXELS = 100
+WIDE_PIXEL_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+MAX_INTEGER_DIGITS = 18  # JSON integers longer than this are refused before Python converts them
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,24 @@ class DecodedRequest:
     top_k: int | None = None      # from the JSON body
 
 
-def decode_image(data: bytes, prep: Preprocessing) -> Image.Image:
+class PixelBudget:
+    """Megapixels of decoding left to one request; spent before each image's pixels are decoded."""
+
+    def __init__(self, megapixels: float = DEFAULT_MAX_REQUEST_MEGAPIXELS):
+        self.limit = megapixels
+        self.spent = 0.0
+
+    def spend(self, image: Image.Image) -> None:
+        width, height = image.size
+        cost = width * height * (4 if image.mode in WIDE_PIXEL_MODES else 1) / 1e6
+        self.spent += cost
+        if self.spent > self.limit:
+            raise PayloadTooLargeError(
+                f"request needs {self.spent:.0f} megapixels of decoding ({width}x{height} {image.mode} image "
+                f"reached it); at most {self.limit:g} per request (IMGCLS_MAX_REQUEST_MEGAPIXELS)")
+
+
+def decode_image(data: bytes, prep: Preprocessing, budget: PixelBudget | None = None) -> Image.Image:
     """Bytes of any still image PIL reads -> upright 8-bit RGB, the same way training decodes.
 
     JPEGs much larger than the model input are decoded at 1/2, 1/4 or 1/8 scale (draft mode).
@@ -62,7 +84,12 @@ def decode_image(data: bytes, prep: Preprocessing) -> Image.Image:
         with warnings.catch_warnings():
             # PIL only warns between 1x and 2x the limit; refuse that range too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if budget is not None:
+                with Image.open(io.BytesIO(data)) as header_only:  # reads the header, decodes no pixel
+                    budget.spend(header_only)
             return load_rgb(io.BytesIO(data), min_side=prep.preset.decode_side)
+    except PayloadTooLargeError:
+        raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise BadRequestError(f"image rejected as a decompression bomb: {exc}") from None
     except UnidentifiedImageError:
@@ -71,31 +98,35 @@ def decode_image(data: bytes, prep: Preprocessing) -> Image.Image:
         raise BadRequestError(f"cannot decode image ({len(data)} bytes): {type(exc).__name__}: {exc}") from None
 
 
-def image_to_tensor(data: bytes, prep: Preprocessing) -> torch.Tensor:
-    return prep(decode_image(data, prep))
+def image_to_tensor(data: bytes, prep: Preprocessing, budget: PixelBudget | None = None) -> torch.Tensor:
+    return prep(decode_image(data, prep, budget))
 
 
 def decode_request(body: bytes | bytearray | None, content_type: str, prep: Preprocessing,
-                   max_payload_bytes: int | None = None) -> DecodedRequest:
+                   max_payload_bytes: int | None = None,
+                   max_megapixels: float = DEFAULT_MAX_REQUEST_MEGAPIXELS) -> DecodedRequest:
     body = bytes(body or b"")
     if max_payload_bytes is not None and len(body) > max_payload_bytes:
         raise PayloadTooLargeError(f"payload of {len(body)} bytes is over the limit of {max_payload_bytes} bytes")
     kind = content_types.media_type(content_type)
+    budget = PixelBudget(max_megapixels)
     if kind in content_types.IMAGE_TYPES:
-        return DecodedRequest(image_to_tensor(body, prep)[None], single=True)
+        return DecodedRequest(image_to_tensor(body, prep, budget)[None], single=True)
     if kind == content_types.JSON:
-        return _decode_json(body, prep)
+        return _decode_json(body, prep, budget)
     if kind == content_types.NPY:
         return DecodedRequest(_decode_npy(body, prep), single=False)
     raise UnsupportedMediaTypeError(
         f"Content-Type {content_type or '(none)'} is not supported; use one of {', '.join(content_types.REQUEST_TYPES)}")
 
 
-def _decode_json(body: bytes, prep: Preprocessing) -> DecodedRequest:
+def _decode_json(body: bytes, prep: Preprocessing, budget: PixelBudget) -> DecodedRequest:
     """{"image": "<base64>"} or {"images": ["<base64>", ...]}, with an optional "top_k"."""
     try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        payload = json.loads(body, parse_int=_bounded_int)
+    except RecursionError:
+        raise BadRequestError("JSON nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise BadRequestError(f"malformed JSON: {exc}") from None
     if not isinstance(payload, dict) or ("image" in payload) == ("images" in payload):
         raise BadRequestError('JSON body must be an object with either "image": "<base64>" or "images": ["<base64>", ...]')
@@ -115,10 +146,16 @@ def _decode_json(body: bytes, prep: Preprocessing) -> DecodedRequest:
         except (binascii.Error, ValueError) as exc:
             raise BadRequestError(f"{where}: malformed base64: {exc}") from None
         try:
-            tensors.append(image_to_tensor(data, prep))
-        except BadRequestError as exc:
-            raise BadRequestError(f"{where}: {exc.message}") from None
+            tensors.append(image_to_tensor(data, prep, budget))
+        except RequestError as exc:
+            raise type(exc)(f"{where}: {exc.message}") from None
     return DecodedRequest(torch.stack(tensors), single=single, top_k=parse_top_k(payload.get("top_k")))
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INTEGER_DIGITS:
+        raise BadRequestError(f"JSON integer with {len(text)} digits; at most {MAX_INTEGER_DIGITS}")
+    return int(text)
 
 
 def _decode_npy(body: bytes, prep: Preprocessing) -> torch.Tensor:
@@ -127,6 +164,8 @@ def _decode_npy(body: bytes, prep: Preprocessing) -> torch.Tensor:
         array = np.load(io.BytesIO(body), allow_pickle=False)
     except Exception as exc:  # numpy raises ValueError, EOFError, OSError... on bad headers
         raise BadRequestError(f"cannot read .npy body: {type(exc).__name__}: {exc}") from None
+    if not isinstance(array, np.ndarray):  # np.load opens .npz archives too
+        raise BadRequestError("application/x-npy body must be a single array (.npy), not an .npz archive")
     if array.ndim == 3:
         array = array[None]
     expected = (3, prep.image_size, prep.image_size)
@@ -134,9 +173,13 @@ def _decode_npy(body: bytes, prep: Preprocessing) -> torch.Tensor:
         raise BadRequestError(f"npy array has shape {array.shape}; expected (N, {', '.join(map(str, expected))}) or {expected}")
     if array.shape[0] > MAX_IMAGES_PER_REQUEST:
         raise BadRequestError(f"npy batch of {array.shape[0]}; at most {MAX_IMAGES_PER_REQUEST} per request")
-    if not np.issubdtype(array.dtype, np.floating) or not np.isfinite(array).all():
+    if not np.issubdtype(array.dtype, np.floating):
         raise BadRequestError(f"npy array must hold finite floats (got dtype {array.dtype})")
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    with np.errstate(over="ignore", invalid="ignore"):
+        as_float32 = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(as_float32).all():  # 1e300 as float64 becomes inf as float32
+        raise BadRequestError(f"npy array must hold values that are finite as float32 (got dtype {array.dtype})")
+    return torch.from_numpy(as_float32)
 
 
 def parse_top_k(value) -> int | None:
@@ -146,6 +189,8 @@ def parse_top_k(value) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool):
         top_k = value
     elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        if len(value.strip()) > MAX_INTEGER_DIGITS:
+            raise BadRequestError(f"top_k has {len(value.strip())} digits; at most {MAX_INTEGER_DIGITS}")
         top_k = int(value)
     else:
         raise BadRequestError(f"top_k must be a positive integer, got {value!r}")

@@ -28,7 +28,12 @@ def encode(probabilities: torch.Tensor, class_names: list[str], accept: str, top
         buffer = io.BytesIO()
         np.save(buffer, probabilities.float().cpu().numpy(), allow_pickle=False)
         return buffer.getvalue(), content_types.NPY
+    if accept == content_types.JSON_VERBOSE:
+        rows = probabilities.float().cpu()
+        results = [{"predicted_label": class_names[int(row.argmax())], "labels": list(class_names),
+                    "probabilities": row.tolist()} for row in rows]
+        return json.dumps(results[0] if single else results, allow_nan=False).encode(), content_types.JSON
     if full_vector:
-        return json.dumps(probabilities.float().cpu().tolist()).encode(), content_types.JSON
+        return json.dumps(probabilities.float().cpu().tolist(), allow_nan=False).encode(), content_types.JSON
     results = [top_k_entries(row, class_names, top_k) for row in probabilities.cpu()]
-    return json.dumps(results[0] if single else results).encode(), content_types.JSON
+    return json.dumps(results[0] if single else results, allow_nan=False).encode(), content_types.JSON

@@ -16,8 +16,8 @@ from http import HTTPStatus
 
 import torch
 
-from . import content_types, encoder, model_loading
-from .decoder import DecodedRequest, decode_request, parse_top_k
+from . import content_types, encoder, model_loading, watchdog
+from .decoder import DEFAULT_MAX_REQUEST_MEGAPIXELS, DecodedRequest, decode_request, parse_top_k
 from .errors import RequestError, error_body
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,8 @@ class Settings:
     max_payload_bytes: int
     default_top_k: int
     cpu_threads: int | None
+    timeout_seconds: float
+    max_request_megapixels: float
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -40,7 +42,10 @@ class Settings:
         return cls(default_accept=content_types.media_type(env.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT") or content_types.JSON),
                    max_payload_bytes=int(float(env.get("SAGEMAKER_MAX_PAYLOAD_IN_MB") or 6) * 1024 * 1024),
                    default_top_k=int(env.get("IMGCLS_DEFAULT_TOP_K") or DEFAULT_TOP_K),
-                   cpu_threads=int(env["IMGCLS_TORCH_THREADS"]) if env.get("IMGCLS_TORCH_THREADS") else None)
+                   cpu_threads=int(env["IMGCLS_TORCH_THREADS"]) if env.get("IMGCLS_TORCH_THREADS") else None,
+                   timeout_seconds=float(env.get("SAGEMAKER_MODEL_SERVER_TIMEOUT") or 60),
+                   max_request_megapixels=float(env.get("IMGCLS_MAX_REQUEST_MEGAPIXELS")
+                                                or DEFAULT_MAX_REQUEST_MEGAPIXELS))
 
 
 @dataclass
@@ -74,6 +79,7 @@ class HandlerService:
     def __init__(self):
         self.model: model_loading.LoadedModel | None = None
         self.settings: Settings | None = None
+        self.watchdog: watchdog.Watchdog | None = None
 
     def initialize(self, context) -> None:
         self.settings = Settings.from_env()
@@ -86,8 +92,16 @@ class HandlerService:
         batch_sizes = tuple(sorted({1, batch_size}))
         seconds = self.model.warm_up(batch_sizes)
         log.info("warm-up with batch sizes %s took %.2f s; worker %d ready", batch_sizes, seconds, os.getpid())
+        self.watchdog = watchdog.Watchdog(self.settings.timeout_seconds, watchdog.find_frontend_socket())
 
     def handle(self, data: list[dict], context) -> list[bytes | str]:
+        self.watchdog.begin(context.request_ids)
+        try:
+            return self._handle(data, context)
+        finally:
+            self.watchdog.end()
+
+    def _handle(self, data: list[dict], context) -> list[bytes | str]:
         """One answer per request of the MMS batch; the decoded images share one forward pass."""
         responses: list[bytes | str | None] = [None] * len(data)
         decoded: dict[int, tuple[DecodedRequest, RequestOptions]] = {}
@@ -116,7 +130,7 @@ class HandlerService:
         if body is None:
             body = next((v for v in request.values() if isinstance(v, (bytes, bytearray))), b"")
         decoded = decode_request(body, headers.get("content-type", ""), self.model.preprocessing,
-                                 self.settings.max_payload_bytes)
+                                 self.settings.max_payload_bytes, self.settings.max_request_megapixels)
         top_k = decoded.top_k or parse_top_k(attributes.get("top_k"))
         full_vector = attributes.get("output", "").lower() in ("probabilities", "vector")
         return decoded, RequestOptions(accept, top_k, full_vector)
@@ -128,6 +142,10 @@ class HandlerService:
         for index, (request, options) in decoded.items():
             rows = probabilities[start:start + len(request.batch)]
             start += len(request.batch)
+            if not torch.isfinite(rows).all():  # e.g. npy inputs near float32's limit overflow in the network
+                responses[index] = self._error(context, index, 400, "the model's output for this input is not "
+                                               "finite (NaN or infinity): input values out of range?")
+                continue
             body, content_type = encoder.encode(rows, self.model.class_names, options.accept,
                                                 options.top_k or self.settings.default_top_k,
                                                 options.full_vector, request.single)

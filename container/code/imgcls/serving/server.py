@@ -30,7 +30,7 @@ import psutil
 
 from ..errors import UserError
 from . import readiness
-from .model_loading import resolve_model_dir
+from .model_files import resolve_model_dir
 
 log = logging.getLogger("imgcls.serve")
 
@@ -75,6 +75,7 @@ class ServerConfig:
     timeout_seconds: int
     max_payload_mb: int
     startup_timeout_seconds: int
+    idle_timeout_seconds: int
 
     @classmethod
     def from_env(cls, model_dir: str | None, port: int | None) -> "ServerConfig":
@@ -89,7 +90,7 @@ class ServerConfig:
         workers = max(1, _env_int("SAGEMAKER_MODEL_SERVER_WORKERS", default_workers))
         return cls(
             model_dir=Path(model_dir) if model_dir else base_dir / ("models" if multi_model else "model"),
-            port=port or _env_int("SAGEMAKER_BIND_TO_PORT", 8080),
+            port=port if port is not None else _env_int("SAGEMAKER_BIND_TO_PORT", 8080),
             bind_host=env.get("IMGCLS_BIND_HOST", "0.0.0.0"),  # noqa: S104 - SageMaker reaches the container from outside
             multi_model=multi_model,
             workers=workers,
@@ -100,6 +101,7 @@ class ServerConfig:
             timeout_seconds=_env_int("SAGEMAKER_MODEL_SERVER_TIMEOUT", 60),
             max_payload_mb=_env_int("SAGEMAKER_MAX_PAYLOAD_IN_MB", 6),
             startup_timeout_seconds=_env_int("SAGEMAKER_STARTUP_TIMEOUT", 600),
+            idle_timeout_seconds=max(1, _env_int("IMGCLS_IDLE_TIMEOUT_SECONDS", 60)),
         )
 
 
@@ -129,7 +131,9 @@ def mms_properties(config: ServerConfig, management_port: int) -> str:
         "default_service_handler": HANDLER,
         "default_workers_per_model": config.workers,
         "number_of_gpu": config.gpus,
-        "default_response_timeout": config.timeout_seconds,
+        # MMS (in seconds; its default_response_timeout is minutes) applies this to model loading as
+        # well as to batches: a backstop here; the worker enforces SAGEMAKER_MODEL_SERVER_TIMEOUT itself.
+        "default_response_timeout_seconds": max(config.timeout_seconds, config.startup_timeout_seconds) + 30,
         # Above the payload limit the handler answers 413 with a JSON reason; MMS's own 413 (far
         # above it) has an empty body. SageMaker itself caps real-time payloads at 6 MB.
         "max_request_size": (2 * config.max_payload_mb + 1) * 1024 * 1024,
@@ -159,6 +163,28 @@ LOG4J_CONFIG = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
+def frontend_heap_args(vm_args: str) -> list[str]:
+    """The Java frontend's heap, sized on purpose: 1/16 of the host's memory, between 256 MB and 1 GB.
+
+    Java's default (1/4 of memory) let it grow to 561 MB under a soak although it needs far less;
+    the memory belongs to the model workers. SAGEMAKER_MODEL_SERVER_VMARGS with -Xmx overrides it.
+    """
+    if "-Xmx" in vm_args:
+        return []
+    heap_mb = min(1024, max(256, psutil.virtual_memory().total // 2**20 // 16))
+    return [f"-Xmx{heap_mb}m", "-XX:+UseSerialGC"]
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail at once with one line, instead of MMS's Java stack trace seconds later."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host or "0.0.0.0", port))
+        except OSError as exc:
+            raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (another server on that port?)") from None
+
+
 class ModelServer:
     """One MMS frontend (Java) and its Python workers, all started and stopped by this object."""
 
@@ -173,6 +199,7 @@ class ModelServer:
         config = self.config
         if not 0 < config.port <= MAX_MMS_PORT:
             raise UserError(f"port {config.port}: multi-model-server 1.1.11 only listens on ports 1-{MAX_MMS_PORT}")
+        _check_port_free(config.bind_host, config.port)
         model_dir = None
         if not config.multi_model:
             model_dir = resolve_model_dir(config.model_dir, self.run_dir / "model").resolve()
@@ -184,12 +211,15 @@ class ModelServer:
         java = str(Path(os.environ["JAVA_HOME"]) / "bin" / "java") if os.environ.get("JAVA_HOME") else shutil.which("java")
         if java is None:
             raise UserError("java not found: multi-model-server needs a Java runtime (set JAVA_HOME or put java on PATH)")
-        # Ours first: it also holds a fixed ModelResponseDecoder that must shadow MMS's own.
+        # Ours first: it also holds ModelResponseDecoder and ServerInitializer, which must shadow MMS's own.
         class_path = ":".join([*([str(plugin_dir)] if plugin_dir else []), MMS_JARS])
         command = [java, f"-Dmodel_server_home={MMS_HOME}", f"-Djava.io.tmpdir={self.run_dir}",
                    f"-Dlog4j.configurationFile=file://{self.run_dir / 'log4j2.xml'}",
                    f"-Dimgcls.multiModel={str(config.multi_model).lower()}",
                    f"-Dimgcls.batchSize={config.batch_size}", f"-Dimgcls.maxBatchDelayMs={config.max_batch_delay_ms}",
+                   f"-Dimgcls.idleTimeoutSeconds={config.idle_timeout_seconds}",
+                   f"-Dimgcls.maxPayloadMb={config.max_payload_mb}",
+                   *frontend_heap_args(os.environ.get("SAGEMAKER_MODEL_SERVER_VMARGS", "")),
                    *os.environ.get("SAGEMAKER_MODEL_SERVER_VMARGS", "").split(),
                    "-cp", class_path, "com.amazonaws.ml.mms.ModelServer",
                    "--python", sys.executable, "-f", str(self.run_dir / "mms.properties"), "-s", "/",
@@ -202,6 +232,7 @@ class ModelServer:
             "IMGCLS_TORCH_THREADS": str(config.threads_per_worker),
             "OMP_NUM_THREADS": str(config.threads_per_worker),
             "SAGEMAKER_MAX_PAYLOAD_IN_MB": str(config.max_payload_mb),
+            "SAGEMAKER_MODEL_SERVER_TIMEOUT": str(config.timeout_seconds),
             "IMGCLS_BATCH_SIZE": str(config.batch_size)}
         log.info("starting MMS on %s:%d with %d worker(s) x %d thread(s), %d GPU(s), batches of up to %d "
                  "within %d ms; run dir %s", config.bind_host, config.port, config.workers, config.threads_per_worker,
@@ -258,8 +289,17 @@ class _Stop(Exception):
     pass
 
 
-def _raise_stop(signo, frame):
-    raise _Stop(signal.Signals(signo).name)
+class _StopOnce:
+    """Signal handler: the first SIGTERM/SIGINT interrupts serving; later ones are ignored, so a repeated
+    signal can never land inside the clean-up (even before the `finally:` has ignored signals)."""
+
+    def __init__(self):
+        self.received: str | None = None
+
+    def __call__(self, signo, frame):
+        if self.received is None:
+            self.received = signal.Signals(signo).name
+            raise _Stop(self.received)
 
 
 def run(model_dir: str | None, port: int | None) -> None:
@@ -275,10 +315,13 @@ def run(model_dir: str | None, port: int | None) -> None:
     except ValueError as exc:
         log.error("serve failed: a setting is not a number: %s", exc)
         raise SystemExit(1) from None
-    server = ModelServer(config)
-    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    stop_once = _StopOnce()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop_once)
+    server = None
     exit_code = 0
     try:
+        server = ModelServer(config)
         started = time.monotonic()
         server.start()
         server.wait_until_ready()
@@ -291,11 +334,12 @@ def run(model_dir: str | None, port: int | None) -> None:
         log.error("serve failed: %s", exc)
         exit_code = 1
     finally:
+        stop_once.received = stop_once.received or "clean-up"  # from here on no signal interrupts
+        if server is not None:
+            server.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_IGN)  # a second signal must not interrupt the clean-up
-        server.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            # Ignored at the C level: Python's shutdown would reset a Python handler to the default (death).
+            signal.signal(sig, signal.SIG_IGN)
     if exit_code:
         raise SystemExit(exit_code)
 

@@ -150,8 +150,8 @@ def test_sleeping_loader_is_input_bound(shapes, tmp_path, sleepy_loader):
 
 
 def test_long_data_stalls_are_step_outliers_named_data_wait(shapes, tmp_path, sleepy_loader):
-    sleepy_loader.setenv(SLEEP_ENV, "6@4")  # every 4th batch waits six steps' worth
-    result = run_job(tmp_path, shapes, epochs=2, StepOutlier_n_outliers=2)
+    sleepy_loader.setenv(SLEEP_ENV, "15@4")  # every 4th batch waits fifteen steps' worth: 3 of 12 steps
+    result = run_job(tmp_path, shapes, epochs=1, StepOutlier_n_outliers=1)
     rule = result["StepOutlier"]
     assert rule["triggered"], rule["message"]
     causes = rule["details"]["cause"]
@@ -164,15 +164,15 @@ def test_long_compute_stalls_are_step_outliers_named_forward(shapes, tmp_path, m
     def stalling_forward(self, x):
         if not self.training:
             return forward(self, x)
-        if len(seconds) % 4 == 3:  # every 4th training forward stalls for six forwards' worth
-            time.sleep(6 * statistics.median(seconds[1:] or seconds))
+        if len(seconds) % 4 == 3:  # every 4th training forward stalls for fifteen forwards' worth: 3 of 12 steps
+            time.sleep(15 * statistics.median(seconds[1:] or seconds))
         start = time.perf_counter()
         out = forward(self, x)
         seconds.append(time.perf_counter() - start)
         return out
 
     monkeypatch.setattr(ResNet, "_forward_impl", stalling_forward)
-    result = run_job(tmp_path, shapes, epochs=2, StepOutlier_n_outliers=2)
+    result = run_job(tmp_path, shapes, epochs=1, StepOutlier_n_outliers=1)
     rule = result["StepOutlier"]
     assert rule["triggered"], rule["message"]
     assert set(rule["details"]["cause"].values()) == {"forward"}, rule["details"]["cause"]

@@ -169,3 +169,8 @@ def test_two_process_ddp_on_cpu_with_gloo(tmp_path, sample_dataset):
     history = _history(tmp_path / "out")
     # both ranks' shards count: 96 train images / batch 16 per rank / 2 ranks = 3 steps of 32 images
     assert history[-1]["valid_accuracy"] > 0
+    # insights: per-rank step times gathered at every epoch end (stragglers), written by rank 0 alone
+    ranks = json.loads((tmp_path / "out" / "data" / "insights" / "raw" / "ranks.json").read_text())
+    assert [(r["epoch"], r["rank"], r["steps"]) for r in ranks] == [(1, 0, 3), (1, 1, 3), (2, 0, 3), (2, 1, 3)]
+    assert all(0 < r["p50"] <= r["max"] and r["mean"] <= r["max"] for r in ranks)
+    assert len((tmp_path / "out" / "data" / "insights" / "raw" / "steps.jsonl").read_text().splitlines()) == 6

@@ -157,7 +157,8 @@ class Collector(Hook):
         self.steps_file = _JsonLines(self.raw / "steps.jsonl", resumed_at or 0)
         self.layers_file = _JsonLines(self.raw / "layers.jsonl", resumed_at or 0)
         self._write_static(loop)
-        self.sampler = SystemSampler(self.raw / "system.jsonl", loop.timeline.now, gpus=self.cuda)
+        self.sampler = SystemSampler(self.raw / "system.jsonl", loop.timeline.now, gpus=self.cuda,
+                                     workers=loop.loaders["train"].num_workers > 0)
         self.sampler.start()
         self._write_timeline(loop)
 
@@ -315,7 +316,7 @@ class Collector(Hook):
             return
         if bad:
             r, what = bad[0]
-            reason = (f"ExplodingTensor: non-finite {what} at epoch {r['epoch']} step {r['step']}; training stopped and no "
+            reason = (f"ExplodingTensor: non-finite {what} at step {r['step']} (epoch {r['epoch']}); training stopped and no "
                       f"model written; lower lr (now {self.hp.lr:g}), add warm-up, or use amp=bf16 "
                       f"(set ExplodingTensor_stop=false to keep going)")
         else:

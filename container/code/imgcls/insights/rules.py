@@ -544,7 +544,9 @@ def step_outliers(rec: Records, p: dict) -> dict:
     total, steps = rec.column("total"), rec.step_numbers
     ok = np.isfinite(total)
     ok[:warmup_count(len(total))] = False
-    ok &= ~np.isin(steps, rec.profiler_window.get("steps") or [])  # torch.profiler slows its own steps
+    # Steps slow by design: inside the torch.profiler window, or paying for the per-layer statistics.
+    ok &= ~np.isin(steps, rec.profiler_window.get("steps") or [])
+    ok &= ~np.array([bool(s.get("profiled") or s.get("sampled")) for s in rec.steps], dtype=bool)
     values = total[ok]
     result = {"n": int(ok.sum()), "robust": [], "sigma": [], "cause": {}, "threshold_robust": math.nan, "threshold_sigma": math.nan}
     if len(values) < 3:
@@ -569,7 +571,8 @@ def step_outliers(rec: Records, p: dict) -> dict:
 @_rule("StepOutlier", "profiler", {"stddev": 3.0, "n_outliers": 10, "mad_multiplier": 5.0, "min_excess_percent": 20.0},
        "Steps slower than median + `mad_multiplier`·MAD (robust: one long stall does not hide the others, as it does "
        "in a mean and sigma it inflates), after a warm-up of 5 steps, and at least `min_excess_percent` % above the "
-       "median (the steps of the torch.profiler window, which it slows, are left out); SageMaker's mean + `stddev`·sigma count is shown beside it but does not fire the rule: over a long "
+       "median (steps slow by design are left out: the torch.profiler window's and the sampled steps that pay for "
+       "per-layer statistics); SageMaker's mean + `stddev`·sigma count is shown beside it but does not fire the rule: over a long "
        "job, 0.13 % of even perfectly normal step times lie beyond 3 sigma, so its fixed `n_outliers` is always "
        "exceeded (50,000 steps: about 65). Fires on more than `n_outliers` robust outliers; each outlier names the part of the step that made it slow "
        "(data wait, host-to-device copy, forward, backward, optimizer, other).",

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from pathlib import Path
 
 import psutil
@@ -54,8 +53,9 @@ class _Gpus:
 class SystemSampler:
     """Start with `start()`, end with `stop()` (joins the thread and closes the file)."""
 
-    def __init__(self, path: Path, clock, interval: float = 1.0, gpus: bool = False):
+    def __init__(self, path: Path, clock, interval: float = 1.0, gpus: bool = False, workers: bool = True):
         self.path, self.clock, self.interval, self.want_gpus = Path(path), clock, interval, gpus
+        self.want_workers = workers  # listing child processes is most of a sample's cost: only when there are loader workers
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._workers: dict[int, psutil.Process] = {}
@@ -113,7 +113,7 @@ class SystemSampler:
             "net_tx_bytes": _delta(net, self.net0, "bytes_sent"),
             "gpus": self.gpus.sample() if self.gpus is not None else [],
             "process_cpu": self.process.cpu_percent(),
-            "workers_cpu": self._workers_cpu(),
+            "workers_cpu": self._workers_cpu() if self.want_workers else 0.0,
         }
 
     def stop(self) -> None:

@@ -43,6 +43,24 @@ def _sample_parser(sub) -> None:
     p.add_argument("--image-size", type=int, default=96)
 
 
+# `tune` and `aws` come from the imgcls-client package (client/ in the repository), which the image never has.
+CLIENT_COMMANDS = {"tune": "run a local hyperparameter study (Optuna; each trial is a real training run)",
+                   "aws": "the SageMaker lifecycle: train, tune, results, deploy, invoke, status, logs, stop, delete"}
+CLIENT_MISSING = ("`imgcls {command}` needs the imgcls client, which is not installed here (the training image never has it). "
+                  "In a checkout of the repository run `make setup` (or `uv sync`); elsewhere `pip install ./client` from the repository.")
+
+
+def _add_client_commands(sub) -> bool:
+    import importlib.util
+    if importlib.util.find_spec("imgcls_client") is None:
+        for name, help_text in CLIENT_COMMANDS.items():
+            sub.add_parser(name, help=f"{help_text} [needs imgcls-client]", add_help=False)
+        return False
+    from imgcls_client.cli import register  # lazy: optional package, imports no torch
+    register(sub)
+    return True
+
+
 def run_train(args: argparse.Namespace) -> int:
     from .failure import failure_reason, write_failure
     raw = {k[3:]: v for k, v in vars(args).items() if k.startswith("hp_") and v is not None}
@@ -80,8 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     _serve_parser(sub)
     add_download_arguments(sub.add_parser("download-data", help="download and unpack the public dogImages.zip"))
     _sample_parser(sub)
+    argv = sys.argv[1:] if argv is None else argv
+    if not _add_client_commands(sub) and argv[:1] and argv[0] in CLIENT_COMMANDS:
+        print("error: " + CLIENT_MISSING.format(command=argv[0]), file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     configure_logging()
+    if getattr(args, "handler", None) is not None:  # commands the client registers
+        return args.handler(args)
     if args.command == "train":
         return run_train(args)
     if args.command == "serve":

@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .errors import UserError
-from .models import BACKBONES
+
+# The architectures models.BACKBONES builds, named here so that reading or validating
+# hyperparameters (CLI help, the tuning client) never imports torch.
+BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "efficientnet_b0", "convnext_tiny")
 
 
 def _hp(default, help: str, *, low=None, high=None, choices=None, kind=None):
@@ -31,7 +34,7 @@ class HyperParameters:
     warmup_epochs: float = _hp(1.0, "linear warmup length in epochs", low=0.0, high=100.0)
     label_smoothing: float = _hp(0.1, "label smoothing of the cross-entropy loss", low=0.0, high=0.5)
     early_stopping_patience: int = _hp(5, "stop after this many epochs without a better validation loss (0: off)", low=0, high=1000)
-    backbone: str = _hp("resnet50", "network architecture", choices=tuple(BACKBONES))
+    backbone: str = _hp("resnet50", "network architecture", choices=BACKBONE_NAMES)
     weights: str = _hp("imagenet", "initial weights: imagenet, none, or a path to a .pth state_dict", kind="weights")
     allow_download: bool = _hp(True, "download ImageNet weights when they are neither in a channel nor baked into the image")
     finetune: str = _hp("all", "what to train: head, all, or N (the head plus the last N backbone stages)", kind="finetune")

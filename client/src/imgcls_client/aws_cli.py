@@ -1,12 +1,8 @@
-"""`imgcls aws ...` (placeholder registration; helper 10b replaces this module with the boto3 client).
+"""`imgcls aws ...`: registered by imgcls_client.cli.register; the commands live in imgcls_client.aws.
 
-Contract with imgcls_client.cli.register: `add_aws_parser(sub)` adds the `aws` parser and its
-subcommands, each with `set_defaults(handler=fn)` where fn(args) -> exit code; nothing heavy
-(boto3, sagemaker, torch) is imported at module level.
+Contract: `add_aws_parser(sub)` adds the `aws` parser and its subcommands, each with
+`set_defaults(handler=fn)` where fn(args) -> exit code; nothing heavy is imported here.
 """
 from __future__ import annotations
 
-
-def add_aws_parser(sub) -> None:
-    p = sub.add_parser("aws", help="the SageMaker lifecycle: train, tune, results, deploy, invoke, status, logs, stop, delete")
-    p.set_defaults(handler=lambda args: (print("error: imgcls aws is not implemented yet"), 2)[1])
+from .aws.cli import add_aws_parser, run_aws  # noqa: F401

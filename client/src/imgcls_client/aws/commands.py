@@ -91,6 +91,7 @@ def _isolation_note(args) -> None:
 
 def cmd_train(args) -> int:
     ctx = context(args)
+    ctx.role()  # before anything is created
     name = args.job_name or f"imgcls-{timestamp()}"
     output = _output_root(ctx, args, "training", args.dry_run)
     # Beside the job's own output: a spot job resumes from its own checkpoints, never another job's.
@@ -156,7 +157,8 @@ def cmd_tune(args) -> int:
     from ..spec import load_spec
     spec = load_spec(args.spec).replace(max_trials=args.max_trials, max_parallel=args.parallel, max_runtime_s=args.max_runtime)
     ctx = context(args)
-    name = args.job_name or f"imgcls-{timestamp()[2:15]}"  # tuning job names: at most 32 characters
+    ctx.role()  # before anything is created
+    name = args.job_name or f"imgcls-{timestamp()[2:]}"  # tuning job names: at most 32 characters
     output = _output_root(ctx, args, "tuning", args.dry_run)
     extra = hyperparameters_from(args)
     for key in extra:

@@ -164,9 +164,43 @@ def pull_results(ctx, tuning_name: str, out: Path, *, spec_path: str | None = No
 
 
 def add_to_study(study_dir: Path, spec: TuningSpec, rows: list[TrialResult], tuning_name: str) -> int:
-    """Finished SageMaker jobs as finished trials of a local study (Optuna add_trial); a job already
-    added (same training job) is skipped, so pulling twice adds nothing."""
+    """Finished SageMaker jobs (complete or stopped early) as finished trials of the local study in
+    study_dir (`imgcls tune --out DIR`), so its sampler learns from them. The study must be of the same
+    spec; a training job already added is skipped, so pulling twice adds nothing. Takes the
+    controller's lock: not while `imgcls tune` runs on that folder."""
+    import fcntl
+
+    import optuna
+
     from .. import study as local_study
-    if not hasattr(local_study, "add_finished_trials"):
-        raise UserError("this imgcls-client's local study cannot take outside trials yet")
-    return local_study.add_finished_trials(study_dir, spec, rows, source=f"sagemaker:{tuning_name}")
+    db = study_dir / "study.db"
+    if not db.exists():
+        raise UserError(f"--add-to-study {study_dir}: no study there (run `imgcls tune --out {study_dir}` first)")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with open(study_dir / "controller.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"imgcls tune is running on {study_dir}; add the jobs once it has stopped") from None
+        study = optuna.load_study(study_name=local_study.STUDY_NAME, storage=f"sqlite:///{db}")
+        if study.user_attrs.get("spec") != local_study._spec_fingerprint(spec):
+            raise UserError(f"the study in {study_dir} ran another spec (objective, strategy, parameters or static values differ) "
+                            f"than tuning job {tuning_name}")
+        seen = {t.user_attrs.get("sagemaker_training_job") for t in study.get_trials(deepcopy=False)}
+        distributions = local_study.distributions(spec)
+        states = {"COMPLETE": optuna.trial.TrialState.COMPLETE, "PRUNED": optuna.trial.TrialState.PRUNED}
+        added = 0
+        for row in rows:
+            job = f"{tuning_name}-{row.trial}"
+            if row.status not in states or job in seen or set(row.params) != set(distributions):
+                continue
+            if row.status == "COMPLETE" and row.objective is None:
+                continue
+            study.add_trial(optuna.trial.create_trial(
+                state=states[row.status], value=row.objective if row.status == "COMPLETE" else None,
+                params=row.params, distributions=distributions,
+                intermediate_values={int(epoch): float(v) for epoch, v in row.curve},
+                user_attrs={"sagemaker_training_job": job, "source": f"sagemaker:{tuning_name}", "epochs": row.epochs,
+                            "seconds": row.seconds, "curve": [list(p) for p in row.curve]}))
+            added += 1
+    return added

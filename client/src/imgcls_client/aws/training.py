@@ -63,7 +63,7 @@ def _common(s: JobSettings) -> dict:
         "EnableManagedSpotTraining": s.spot,
         "EnableNetworkIsolation": s.network_isolation,
     }
-    if s.spot:
+    if s.spot or s.max_wait_s is not None:  # without spot, validation refuses a max wait
         definition["StoppingCondition"]["MaxWaitTimeInSeconds"] = s.max_wait_s if s.max_wait_s is not None else 2 * s.max_run_s
     if s.environment:
         definition["Environment"] = dict(s.environment)

@@ -74,7 +74,11 @@ class Moto:
 
 
 def aws_env(monkeypatch, moto: Moto, tmp_path: Path) -> None:
-    """Dummy credentials, moto as every AWS endpoint, nothing read from ~/.aws."""
+    """Dummy credentials, moto as every AWS endpoint, nothing read from ~/.aws. imgcls.cli.main
+    points logging at the sys.stderr of the moment (pytest's capture): put it back afterwards."""
+    import logging
+    monkeypatch.setattr(logging.root, "handlers", list(logging.root.handlers))
+    monkeypatch.setattr(logging.root, "level", logging.root.level)
     for name in list(os.environ):
         if name.startswith("AWS_") or name in ("IMGCLS_SAGEMAKER_ROLE", "IMGCLS_BUCKET"):
             monkeypatch.delenv(name, raising=False)

@@ -553,6 +553,22 @@ def test_results_pull_a_tuning_job_into_the_local_format(moto, capsys, tmp_path,
         assert (tmp_path / "res" / png).stat().st_size > 5000
     assert "wrote" in out and "4 training jobs" in out
 
+    # the same jobs as finished trials of a local study of the same spec (made by `imgcls tune`'s own code)
+    import optuna
+    from imgcls_client import study as local_study
+    from imgcls_client.spec import load_spec
+    local = local_study.Study(load_spec(spec), data=tmp_path, out=tmp_path / "study")
+    local._lock.close()  # as when imgcls tune has exited
+    for attempt in (1, 2):
+        rc, out, err = run(capsys, "results", "dogs-hb", "--out", str(tmp_path / "res"), "--add-to-study", str(tmp_path / "study"))
+        assert rc == 0, err
+        assert f"added {3 if attempt == 1 else 0} finished trials" in out  # pulling twice adds nothing
+    trials = optuna.load_study(study_name=local_study.STUDY_NAME, storage=f"sqlite:///{tmp_path / 'study' / 'study.db'}").get_trials()
+    assert [(t.state.name, t.value, t.user_attrs["sagemaker_training_job"]) for t in trials] == [
+        ("COMPLETE", 0.5, "dogs-hb-001-aaaaaaaa"), ("PRUNED", None, "dogs-hb-002-bbbbbbbb"), ("COMPLETE", 0.4, "dogs-hb-004-dddddddd")]
+    assert trials[2].params == {"lr": 0.003, "batch-size": 16, "warmup-epochs": 0.0, "finetune": "head"}
+    assert trials[1].intermediate_values == {1: 1.2, 2: 1.1}
+
 
 def test_aws_dry_runs_import_neither_torch_nor_the_sdk(tmp_path):
     """Commands that need no model stay fast: no torch, and not the 7-second SageMaker SDK either."""

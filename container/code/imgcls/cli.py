@@ -23,6 +23,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--model-dir", type=Path, required=True)
     p.add_argument("--output-dir", type=Path, default=Path("output"), help="reports, TensorBoard, failure file")
     p.add_argument("--nproc-per-node", type=int, default=1, help="processes (GPUs) to train with, via torchrun and DDP")
+    p.add_argument("--hyperparameters", type=Path, metavar="JSON",
+                   help="a JSON object of hyperparameters (SageMaker's hyperparameters.json, or a study's best_hyperparameters.json); flags override it")
     hps = p.add_argument_group("hyperparameters (same names as SageMaker hyperparameters)")
     for name, default, choices, help_text in describe():
         hps.add_argument(f"--{name}", dest=f"hp_{name}", metavar="V", default=None,
@@ -61,10 +63,22 @@ def _add_client_commands(sub) -> bool:
     return True
 
 
+def _read_hyperparameters(path: Path) -> dict:
+    import json
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--hyperparameters {path}: cannot read a JSON object ({exc})") from None
+    if not isinstance(values, dict):
+        raise UserError(f"--hyperparameters {path}: expected a JSON object of name: value")
+    return values
+
+
 def run_train(args: argparse.Namespace) -> int:
     from .failure import failure_reason, write_failure
-    raw = {k[3:]: v for k, v in vars(args).items() if k.startswith("hp_") and v is not None}
     try:
+        raw = _read_hyperparameters(args.hyperparameters) if args.hyperparameters else {}
+        raw.update({k[3:]: v for k, v in vars(args).items() if k.startswith("hp_") and v is not None})
         hp = parse_hyperparameters(raw)
         if args.nproc_per_node > 1 and not launch.is_worker():
             cmd = launch.torchrun_command(["imgcls", *sys.argv[1:]], hosts=[], current_host="", nproc_per_node=args.nproc_per_node)

@@ -587,3 +587,88 @@ def test_aws_dry_runs_import_neither_torch_nor_the_sdk(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stderr
     json.loads(proc.stdout)
+
+
+# ---------------------------------------------------------------- invoke against the real model server
+
+class RuntimeFake:
+    """SageMaker's runtime API (POST /endpoints/NAME/invocations) in front of a real `imgcls serve`,
+    passing on the body and the headers SageMaker passes to the container."""
+
+    def __init__(self, endpoint: str, server_port: int):
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        self.paths: list[str] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                fake.paths.append(self.path)
+                if self.path != f"/endpoints/{endpoint}/invocations":
+                    self.send_error(404)
+                    return
+                headers = {k: self.headers[k] for k in ("Content-Type", "Accept", "X-Amzn-SageMaker-Custom-Attributes") if self.headers[k]}
+                connection = http.client.HTTPConnection("127.0.0.1", server_port, timeout=60)
+                connection.request("POST", "/invocations", body=body, headers=headers)
+                reply = connection.getresponse()
+                answer = reply.read()
+                self.send_response(reply.status)
+                self.send_header("Content-Type", reply.getheader("Content-Type", "application/json"))
+                self.send_header("x-Amzn-Invoked-Production-Variant", "AllTraffic")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.slow
+def test_invoke_prints_exactly_what_predict_sh_prints_from_the_same_model(trained_model_dir, tmp_path, monkeypatch, capsys):
+    from test_serving import start_server, stop, wait_for_ping
+    from conftest import REPO
+    import shutil
+    import tempfile
+    from pathlib import Path
+    # MMS binds a unix socket in the server's TMPDIR: pytest's long tmp paths exceed AF_UNIX's 108 bytes
+    short = Path(tempfile.mkdtemp(prefix="imgcls-iv-"))
+    server = start_server(trained_model_dir, short, SAGEMAKER_MODEL_SERVER_WORKERS="1")
+    runtime = None
+    try:
+        wait_for_ping(server, timeout=240)
+        runtime = RuntimeFake("dogs-ep", server.port)
+        images = sorted((REPO / "local_test" / "test_dir" / "input" / "data" / "train" / "test").rglob("*.jpg"))[:2]
+        expected = ""
+        for image in images:
+            curl = subprocess.run(["bash", str(REPO / "local_test" / "predict.sh"), str(image), f"http://127.0.0.1:{server.port}/invocations"],
+                                  capture_output=True, text=True, timeout=60)
+            assert curl.returncode == 0, curl.stderr
+            expected += curl.stdout
+        for name in list(__import__("os").environ):
+            if name.startswith("AWS_"):
+                monkeypatch.delenv(name)
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", runtime.url)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+        import logging
+        monkeypatch.setattr(logging.root, "handlers", list(logging.root.handlers))
+        rc, out, err = run(capsys, "invoke", "dogs-ep", *map(str, images), "--region", REGION)
+        assert rc == 0, err
+        assert runtime.paths == ["/endpoints/dogs-ep/invocations"] * len(images)
+        assert out == expected and json.loads(out.splitlines()[0])[0]["label"]
+    finally:
+        if runtime:
+            runtime.close()
+        stop(server)
+        shutil.rmtree(short, ignore_errors=True)

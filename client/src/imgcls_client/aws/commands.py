@@ -161,9 +161,13 @@ def cmd_tune(args) -> int:
     name = args.job_name or f"imgcls-{timestamp()[2:]}"  # tuning job names: at most 32 characters
     output = _output_root(ctx, args, "tuning", args.dry_run)
     extra = hyperparameters_from(args)
-    for key in extra:
-        if key in spec.parameters:
-            raise UserError(f"--hp {key}: the spec tunes {key}; change the spec instead")
+    from imgcls.hyperparams import ALIASES
+    for key, value in extra.items():
+        name = ALIASES.get(key, key).replace("_", "-")
+        if name in spec.parameters:
+            raise UserError(f"--hp {key}: the spec tunes {name}; change the spec instead")
+        if spec.strategy == "Hyperband" and name == "early-stopping-patience" and str(value) != "0":
+            raise UserError(f"--hp {key}: must be 0 with Hyperband, which stops trials itself")
     completion = training.CompletionCriteria(args.target_objective, args.stop_after_not_improving, args.complete_on_convergence)
     request = training.tuning_job_request(
         name, spec, job_settings(ctx, args, output), extra_static=extra, completion=completion,

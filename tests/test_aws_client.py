@@ -176,11 +176,12 @@ def test_botocore_alone_accepts_what_the_dry_run_refuses():
     """botocore checks types and minimums only: these pass its validator but SageMaker rejects them."""
     from botocore.validate import ParamValidator
     from imgcls_client.aws.training import JobSettings, training_job_request
-    from imgcls_client.aws.validate import service_model
     settings = JobSettings(IMAGE, ROLE, {"train": f"s3://{BUCKET}/dogs/train"}, f"s3://{BUCKET}/out/",
                            instance_type="ml.g5.xlarg", spot=True, max_run_s=3600, max_wait_s=60)
     request = training_job_request("x" * 70, settings, {})
-    shape = service_model("sagemaker").operation_model("CreateTrainingJob").input_shape
+    from botocore.loaders import Loader
+    from botocore.model import ServiceModel
+    shape = ServiceModel(Loader().load_service_model("sagemaker", "service-2")).operation_model("CreateTrainingJob").input_shape
     assert not ParamValidator().validate(request, shape).has_errors()
     with pytest.raises(RequestError):
         check_request("sagemaker", "CreateTrainingJob", request)
@@ -681,3 +682,19 @@ def test_invoke_prints_exactly_what_predict_sh_prints_from_the_same_model(traine
             runtime.close()
         stop(server)
         shutil.rmtree(short, ignore_errors=True)
+
+
+def test_the_service_model_subset_is_cached_and_rebuilt_when_damaged(tmp_path, monkeypatch):
+    from imgcls_client.aws import validate
+    from imgcls_client.aws.training import JobSettings, training_job_request
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    request = training_job_request("dogs-9", JobSettings(IMAGE, ROLE, {"train": "s3://b/t/"}, "s3://b/o/", instance_type="ml.g5.xlarg"), {})
+    for damage in (None, "{not json", json.dumps({"operations": {}})):
+        validate.service_model.cache_clear()
+        cached = list((tmp_path / "imgcls").glob("sagemaker-service-model-*.json"))
+        if damage is not None:
+            cached[0].write_text(damage)
+        with pytest.raises(RequestError, match="did you mean ml.g5.xlarge"):
+            check_request("sagemaker", "CreateTrainingJob", request)
+        assert json.loads(next((tmp_path / "imgcls").glob("sagemaker-service-model-*.json")).read_text())["operations"]
+    validate.service_model.cache_clear()

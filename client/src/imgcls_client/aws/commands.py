@@ -163,10 +163,10 @@ def cmd_tune(args) -> int:
     extra = hyperparameters_from(args)
     from imgcls.hyperparams import ALIASES
     for key, value in extra.items():
-        name = ALIASES.get(key, key).replace("_", "-")
-        if name in spec.parameters:
-            raise UserError(f"--hp {key}: the spec tunes {name}; change the spec instead")
-        if spec.strategy == "Hyperband" and name == "early-stopping-patience" and str(value) != "0":
+        hp = ALIASES.get(key, key).replace("_", "-")
+        if hp in spec.parameters:
+            raise UserError(f"--hp {key}: the spec tunes {hp}; change the spec instead")
+        if spec.strategy == "Hyperband" and hp == "early-stopping-patience" and str(value) != "0":
             raise UserError(f"--hp {key}: must be 0 with Hyperband, which stops trials itself")
     completion = training.CompletionCriteria(args.target_objective, args.stop_after_not_improving, args.complete_on_convergence)
     request = training.tuning_job_request(

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import difflib
 import functools
+import json
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 from imgcls.errors import UserError
@@ -23,11 +26,106 @@ class RequestError(UserError):
         super().__init__(f"{operation} {field}: {message}")
 
 
+# The operations the client validates. Parsing SageMaker's whole service model takes about 0.4 s,
+# so the shapes these reach are kept in a small cache file per botocore version (about 10 ms to read).
+OPERATIONS = {"sagemaker": ("CreateTrainingJob", "CreateHyperParameterTuningJob", "CreateModel", "CreateEndpointConfig", "CreateEndpoint"),
+              "application-autoscaling": ("RegisterScalableTarget", "PutScalingPolicy")}
+
+
+class Shape:
+    """A shape of the service model as botocore.model names its parts, over the raw JSON (reading
+    the cached subset this way needs no botocore import)."""
+
+    def __init__(self, shapes: dict, name: str):
+        self._shapes, self.name = shapes, name
+        self.raw = shapes[name]
+        self.type_name = self.raw["type"]
+        self.metadata = self.raw
+
+    def _shape(self, ref: dict) -> "Shape":
+        return Shape(self._shapes, ref["shape"])
+
+    @property
+    def members(self) -> dict:
+        return {k: self._shape(v) for k, v in self.raw.get("members", {}).items()}
+
+    @property
+    def required_members(self) -> list[str]:
+        return self.raw.get("required", [])
+
+    @property
+    def member(self) -> "Shape":
+        return self._shape(self.raw["member"])
+
+    @property
+    def key(self) -> "Shape":
+        return self._shape(self.raw["key"])
+
+    @property
+    def value(self) -> "Shape":
+        return self._shape(self.raw["value"])
+
+
+class ServiceModel:
+    def __init__(self, model: dict):
+        self.model = model
+
+    def input_shape(self, operation: str) -> Shape:
+        return Shape(self.model["shapes"], self.model["operations"][operation]["input"]["shape"])
+
+
 @functools.lru_cache(maxsize=None)
-def service_model(service: str):
+def service_model(service: str) -> ServiceModel:
+    return ServiceModel(_model_subset(service))
+
+
+def _cache_file(service: str) -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "imgcls" / f"{service}-service-model-{_botocore_version()}.json"
+
+
+def _botocore_version() -> str:
+    """botocore's version without importing it (its import costs more than the cached model)."""
+    import importlib.util
+    origin = importlib.util.find_spec("botocore").origin
+    m = re.search(r"""^__version__ = ['"]([^'"]+)['"]""", Path(origin).read_text(errors="replace")[:4000], re.M)
+    if m:
+        return m.group(1)
+    from importlib.metadata import version
+    return version("botocore")
+
+
+def _model_subset(service: str) -> dict:
+    cache = _cache_file(service)
+    try:
+        subset = json.loads(cache.read_text())
+        if set(subset["operations"]) == set(OPERATIONS[service]):
+            return subset
+    except (OSError, ValueError, KeyError):
+        pass
     from botocore.loaders import Loader
-    from botocore.model import ServiceModel
-    return ServiceModel(Loader().load_service_model(service, "service-2"), service_name=service)
+    full = Loader().load_service_model(service, "service-2")
+    operations = {op: full["operations"][op] for op in OPERATIONS[service]}
+    shapes: dict = {}
+    todo = [o["input"]["shape"] for o in operations.values()]
+    while todo:
+        name = todo.pop()
+        if name in shapes:
+            continue
+        shape = {k: v for k, v in full["shapes"][name].items() if k != "documentation"}
+        shape.get("members", {}) and [m.pop("documentation", None) for m in shape["members"].values()]
+        shapes[name] = shape
+        todo += [m["shape"] for m in shape.get("members", {}).values()]
+        todo += [shape[k]["shape"] for k in ("member", "key", "value") if k in shape]
+    subset = {"metadata": full["metadata"], "operations": operations, "shapes": shapes}
+    try:  # a cache that cannot be written only costs time
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(subset))
+        tmp.replace(cache)
+    except OSError:
+        pass
+    return subset
 
 
 @functools.lru_cache(maxsize=None)
@@ -40,8 +138,7 @@ def _pattern(text: str):
 
 def check_request(service: str, operation: str, request: dict) -> None:
     """Raise RequestError for the first value the service model or our rules reject."""
-    shape = service_model(service).operation_model(operation).input_shape
-    _check(operation, shape, request, "")
+    _check(operation, service_model(service).input_shape(operation), request, "")
     rule = _RULES.get((service, operation))
     if rule:
         rule(operation, request)

@@ -183,6 +183,8 @@ def cmd_tune(args) -> int:
     print(f"  {spec.strategy}, objective {spec.objective_metric} ({spec.direction}), up to {spec.max_trials} training jobs, "
           f"{spec.max_parallel} at a time, on {args.instance_count} x {args.instance_type}")
     print(f"  outputs: {output}<training job>/output/")
+    if args.spot:
+        print("  spot: no checkpoints are shared between trials, so an interrupted trial starts again from epoch 1")
     print(f"  progress: imgcls aws status {name}    results: imgcls aws results {name} --out DIR    stop: imgcls aws stop {name}")
     if args.wait:
         return wait_tuning(sm, name)

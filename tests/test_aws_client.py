@@ -118,10 +118,14 @@ def test_role_bucket_and_region_are_found_the_usual_way(moto, capsys, monkeypatc
     assert moto.requests("CreateTrainingJob") == []
 
     monkeypatch.setenv("IMGCLS_SAGEMAKER_ROLE", ROLE)
+    default_bucket = f"sagemaker-{REGION}-{ACCOUNT}"  # the SDK's default bucket, created on first use
+    rc, out, err = run(capsys, *base[:4], f"s3://{BUCKET}/dogs/train", *base[5:])
+    assert rc == 2 and "must end in '/'" in err
+    with pytest.raises(boto3.client("s3").exceptions.ClientError):  # a refused request creates nothing
+        boto3.client("s3").head_bucket(Bucket=default_bucket)
     rc, out, err = run(capsys, *base)
     assert rc == 0, err
     sent = moto.only("CreateTrainingJob")
-    default_bucket = f"sagemaker-{REGION}-{ACCOUNT}"  # the SDK's default bucket, created on first use
     assert sent["RoleArn"] == ROLE
     assert sent["OutputDataConfig"]["S3OutputPath"] == f"s3://{default_bucket}/imgcls/training/"
     assert f"created bucket s3://{default_bucket}/" in out

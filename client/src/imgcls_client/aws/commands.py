@@ -54,11 +54,17 @@ def print_request(requests: dict[str, dict]) -> None:
     print("dry run: " + ", ".join(requests) + " checked, nothing sent", file=sys.stderr)
 
 
-def _output_root(ctx: AwsContext, args, what: str, dry_run: bool) -> str:
-    """s3://<bucket>/imgcls/<what>/ unless --output-path says otherwise."""
+def _output_root(ctx: AwsContext, args, what: str) -> str:
+    """s3://<bucket>/imgcls/<what>/ unless --output-path says otherwise (the bucket is created later,
+    once the request has passed validation)."""
     if getattr(args, "output_path", None):
         return args.output_path
-    return f"s3://{ctx.bucket(create=not dry_run)}/imgcls/{what}/"
+    return f"s3://{ctx.bucket(create=False)}/imgcls/{what}/"
+
+
+def _ensure_default_bucket(ctx: AwsContext, args) -> None:
+    if not getattr(args, "output_path", None):
+        ctx.bucket(create=True)
 
 
 def job_settings(ctx: AwsContext, args, output_path: str) -> training.JobSettings:
@@ -93,7 +99,7 @@ def cmd_train(args) -> int:
     ctx = context(args)
     ctx.role()  # before anything is created
     name = args.job_name or f"imgcls-{timestamp()}"
-    output = _output_root(ctx, args, "training", args.dry_run)
+    output = _output_root(ctx, args, "training")
     # Beside the job's own output: a spot job resumes from its own checkpoints, never another job's.
     checkpoint = args.checkpoint_s3_uri or (f"{output}{name}/checkpoints/" if args.spot else None)
     tensorboard = args.tensorboard_s3_uri or (f"{output}{name}/tensorboard/" if args.tensorboard else None)
@@ -105,6 +111,7 @@ def cmd_train(args) -> int:
     if args.dry_run:
         print_request({"CreateTrainingJob": request})
         return 0
+    _ensure_default_bucket(ctx, args)
     sm = ctx.client("sagemaker")
     arn = sm.create_training_job(**request)["TrainingJobArn"]
     print(f"created training job {name} ({arn})")
@@ -159,7 +166,7 @@ def cmd_tune(args) -> int:
     ctx = context(args)
     ctx.role()  # before anything is created
     name = args.job_name or f"imgcls-{timestamp()[2:]}"  # tuning job names: at most 32 characters
-    output = _output_root(ctx, args, "tuning", args.dry_run)
+    output = _output_root(ctx, args, "tuning")
     extra = hyperparameters_from(args)
     from imgcls.hyperparams import ALIASES
     for key, value in extra.items():
@@ -177,6 +184,7 @@ def cmd_tune(args) -> int:
     if args.dry_run:
         print_request({"CreateHyperParameterTuningJob": request})
         return 0
+    _ensure_default_bucket(ctx, args)
     sm = ctx.client("sagemaker")
     arn = sm.create_hyper_parameter_tuning_job(**request)["HyperParameterTuningJobArn"]
     print(f"created tuning job {name} ({arn})")

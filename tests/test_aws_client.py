@@ -702,3 +702,28 @@ def test_the_service_model_subset_is_cached_and_rebuilt_when_damaged(tmp_path, m
             check_request("sagemaker", "CreateTrainingJob", request)
         assert json.loads(next((tmp_path / "imgcls").glob("sagemaker-service-model-*.json")).read_text())["operations"]
     validate.service_model.cache_clear()
+
+
+def test_the_spec_is_rebuilt_from_a_tuning_job_description():
+    """What `results` does when no --spec is given: the SDK- or CLI-made description gives the spec back."""
+    from imgcls_client.aws.results import spec_from_tuning_job
+    from imgcls_client.aws.training import JobSettings, tuning_job_request
+    from imgcls_client.spec import load_spec, parse_spec
+    import yaml
+    settings = JobSettings(IMAGE, ROLE, {"train": "s3://b/t/"}, "s3://b/o/")
+    grid = parse_spec({"parameters": {"batch-size": {"type": "categorical", "values": [16, 32]},
+                                      "optimizer": {"type": "categorical", "values": ["adamw", "sgd"]}},
+                       "static": {"epochs": 3}, "strategy": "Grid"})
+    for spec in (load_spec(), parse_spec(yaml.safe_load(SPEC_HYPERBAND)), grid):
+        request = tuning_job_request("t", spec, settings)
+        described = {**request, "TrainingJobDefinition": {**request["TrainingJobDefinition"], "StaticHyperParameters": {
+            **request["TrainingJobDefinition"]["StaticHyperParameters"], "_tuning_objective_metric": spec.objective_metric}}}
+        if spec.strategy == "Grid":
+            del described["HyperParameterTuningJobConfig"]["ResourceLimits"]["MaxNumberOfTrainingJobs"]
+        rebuilt = spec_from_tuning_job(described)
+        assert rebuilt.parameters == spec.parameters
+        text = lambda values: {k: str(v) for k, v in values.items()}  # noqa: E731
+        assert text(rebuilt.fixed_hyperparameters()) == text(spec.fixed_hyperparameters())
+        assert (rebuilt.objective_metric, rebuilt.direction, rebuilt.strategy, rebuilt.early_stopping, rebuilt.max_trials,
+                rebuilt.max_parallel, rebuilt.seed) == (spec.objective_metric, spec.direction, spec.strategy, spec.early_stopping,
+                                                         spec.max_trials, spec.max_parallel, spec.seed)

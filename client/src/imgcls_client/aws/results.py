@@ -39,7 +39,9 @@ def spec_from_tuning_job(d: dict) -> TuningSpec:
         static.pop("early-stopping-patience", None)  # the spec adds it back
     objective = config["HyperParameterTuningJobObjective"]
     limits = config.get("ResourceLimits", {})
-    budget = {"max_trials": limits.get("MaxNumberOfTrainingJobs", 1), "max_parallel": limits.get("MaxParallelTrainingJobs", 1)}
+    budget = {"max_parallel": limits.get("MaxParallelTrainingJobs", 1)}
+    if config["Strategy"] != "Grid":  # Grid: SageMaker may leave it out; the spec counts the combinations
+        budget["max_trials"] = limits.get("MaxNumberOfTrainingJobs", 1)
     if limits.get("MaxRuntimeInSeconds"):
         budget["max_runtime_s"] = limits["MaxRuntimeInSeconds"]
     raw = {"objective": {"metric": objective["MetricName"], "direction": objective["Type"].lower()},

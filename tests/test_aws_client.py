@@ -87,6 +87,10 @@ def test_train_sends_exactly_the_dry_run_request(moto, capsys):
     assert "created training job dogs-1" in out and "imgcls aws stop dogs-1" in out
     described = boto3.client("sagemaker").describe_training_job(TrainingJobName="dogs-1")
     assert described["CheckpointConfig"]["S3Uri"] == sent["CheckpointConfig"]["S3Uri"]
+    rc, out, err = run(capsys, "status", "dogs-1")
+    assert rc == 0, err
+    assert out.startswith("training job dogs-1: Completed") and "2 x ml.g5.2xlarge, spot True" in out
+    assert f"model: {described['ModelArtifacts']['S3ModelArtifacts']}" in out
 
 
 def test_metric_definitions_read_real_training_lines():
@@ -324,6 +328,9 @@ def test_deploy_with_autoscaling_then_delete_in_order(moto, capsys):
         "PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"}
     for what in ("created model dogs-ep", "created endpoint config dogs-ep", "created endpoint dogs-ep", "created autoscaling 2:6"):
         assert what in out
+
+    rc, out, err = run(capsys, "status", "dogs-ep")
+    assert rc == 0 and "endpoint dogs-ep: InService" in out, (out, err)
 
     moto.recording.write_text("")
     rc, out, err = run(capsys, "delete", "dogs-ep")

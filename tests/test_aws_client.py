@@ -85,6 +85,7 @@ def test_train_sends_exactly_the_dry_run_request(moto, capsys):
     assert sent["ProfilerConfig"] == {"DisableProfiler": True} and "DebugHookConfig" not in sent
     assert sent["OutputDataConfig"] == {"S3OutputPath": f"s3://{BUCKET}/out/"}
     assert "created training job dogs-1" in out and "imgcls aws stop dogs-1" in out
+    assert "at most 4 instance-hours of ml.g5.2xlarge (2 instance(s) x 2 h max run)" in out
     described = boto3.client("sagemaker").describe_training_job(TrainingJobName="dogs-1")
     assert described["CheckpointConfig"]["S3Uri"] == sent["CheckpointConfig"]["S3Uri"]
     rc, out, err = run(capsys, "status", "dogs-1")
@@ -245,6 +246,7 @@ def test_tune_creates_the_job_the_default_spec_describes(moto, capsys):
     assert definition["EnableNetworkIsolation"] is True and definition["Environment"] == {"NCCL_DEBUG": "WARN"}
     assert definition["HyperParameterTuningResourceConfig"] == {"InstanceType": "ml.g5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 50}
     assert "created tuning job dogs-tune-1" in out
+    assert "at most 20 instance-hours of ml.g5.xlarge (20 jobs x 1 instance(s) x 1 h max run); spot prices" in out
     echoed = boto3.client("sagemaker").describe_hyper_parameter_tuning_job(HyperParameterTuningJobName="dogs-tune-1")
     assert echoed["HyperParameterTuningJobConfig"]["ParameterRanges"] == config["ParameterRanges"]
 

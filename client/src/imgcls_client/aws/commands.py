@@ -87,6 +87,14 @@ def hyperparameters_from(args) -> dict:
     return raw
 
 
+def budget_note(args, jobs: int = 1) -> str:
+    """The most instance-hours the request can bill (every job running to its MaxRuntimeInSeconds)."""
+    hours = jobs * args.instance_count * args.max_run / 3600
+    what = f"{jobs} jobs x " if jobs > 1 else ""
+    return (f"at most {hours:g} instance-hours of {args.instance_type} ({what}{args.instance_count} instance(s) x "
+            f"{args.max_run / 3600:g} h max run){'; spot prices' if args.spot else ''}")
+
+
 def _isolation_note(args) -> None:
     if args.network_isolation and not args.pretrained:
         print("note: with network isolation and no --pretrained channel, ImageNet weights must be baked into the image "
@@ -110,6 +118,7 @@ def cmd_train(args) -> int:
     _isolation_note(args)
     if args.dry_run:
         print_request({"CreateTrainingJob": request})
+        print(f"cost: {budget_note(args)}", file=sys.stderr)
         return 0
     _ensure_default_bucket(ctx, args)
     sm = ctx.client("sagemaker")
@@ -120,6 +129,7 @@ def cmd_train(args) -> int:
         print(f"  checkpoints:  {checkpoint}")
     if tensorboard:
         print(f"  tensorboard:  {tensorboard}")
+    print(f"  cost:         {budget_note(args)}")
     print(f"  follow: imgcls aws logs {name} --follow    stop: imgcls aws stop {name}")
     if args.wait:
         return wait_training(sm, name)
@@ -183,6 +193,7 @@ def cmd_tune(args) -> int:
     _isolation_note(args)
     if args.dry_run:
         print_request({"CreateHyperParameterTuningJob": request})
+        print(f"cost: {budget_note(args, spec.max_trials)}", file=sys.stderr)
         return 0
     _ensure_default_bucket(ctx, args)
     sm = ctx.client("sagemaker")
@@ -190,6 +201,7 @@ def cmd_tune(args) -> int:
     print(f"created tuning job {name} ({arn})")
     print(f"  {spec.strategy}, objective {spec.objective_metric} ({spec.direction}), up to {spec.max_trials} training jobs, "
           f"{spec.max_parallel} at a time, on {args.instance_count} x {args.instance_type}")
+    print(f"  cost: {budget_note(args, spec.max_trials)}")
     print(f"  outputs: {output}<training job>/output/")
     if args.spot:
         print("  spot: no checkpoints are shared between trials, so an interrupted trial starts again from epoch 1")

@@ -488,6 +488,14 @@ def test_logs_print_a_training_jobs_cloudwatch_stream(moto, capsys):
     rc, out, err = run(capsys, "logs", "dogs-7", "--follow")  # moto's jobs are Completed at once: follow ends
     assert rc == 0, err
     assert out.splitlines() == lines
+    # train --wait prints the same log while it waits
+    logs.create_log_stream(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName="dogs-7b/algo-1-1764072000")
+    logs.put_log_events(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName="dogs-7b/algo-1-1764072000",
+                        logEvents=[{"timestamp": now + i, "message": line} for i, line in enumerate(lines)])
+    rc, out, err = run(capsys, "train", *TRAIN_ARGS, "--job-name", "dogs-7b", "--wait")
+    assert rc == 0, err
+    assert out.splitlines()[-4:] == [lines[0], lines[1], lines[2], out.splitlines()[-1]]
+    assert re.fullmatch(r"\d\d:\d\d:\d\d training job dogs-7b: Completed - Completed", out.splitlines()[-1])
 
 
 # ---------------------------------------------------------------- results

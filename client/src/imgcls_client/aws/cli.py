@@ -60,7 +60,8 @@ def _job_arguments(p, what: str) -> None:
     p.add_argument("--env", action="append", metavar="NAME=VALUE", help="environment variable for the container (repeatable)")
     p.add_argument("--max-retries", type=int, metavar="N", help="RetryStrategy: restarts after an internal SageMaker error")
     p.add_argument("--hp", action="append", metavar="NAME=VALUE", help="hyperparameter (repeatable; validated like `imgcls train`)")
-    p.add_argument("--wait", action="store_true", help="wait until the job ends, printing its progress (Ctrl-C leaves it running)")
+    p.add_argument("--wait", action="store_true", help="wait until the job ends, printing its progress (and a training job's log); "
+                                                       "Ctrl-C leaves it running")
     p.add_argument("--dry-run", action="store_true", help="print the exact request (boto3 names) after validation; send nothing")
 
 

@@ -132,7 +132,7 @@ def cmd_train(args) -> int:
     print(f"  cost:         {budget_note(args)}")
     print(f"  follow: imgcls aws logs {name} --follow    stop: imgcls aws stop {name}")
     if args.wait:
-        return wait_training(sm, name)
+        return wait_training(sm, name, logs=ctx.client("logs"))
     return 0
 
 
@@ -156,11 +156,16 @@ def wait_loop(what: str, name: str, describe: Callable[[], tuple[str, str, bool]
         raise SystemExit(130)
 
 
-def wait_training(sm, name: str) -> int:
+def wait_training(sm, name: str, logs=None) -> int:
+    """Wait for a training job; with a CloudWatch Logs client, print its log as it comes (as the SDK's fit does)."""
+    tail = LogTail(logs, TRAINING_LOG_GROUP, f"{name}/") if logs is not None else None
+
     def describe():
         d = sm.describe_training_job(TrainingJobName=name)
+        if tail is not None:
+            tail.drain()
         return d["TrainingJobStatus"], d.get("SecondaryStatus", ""), d["TrainingJobStatus"] in TRAINING_TERMINAL
-    status = wait_loop("training job", name, describe, poll_seconds(30))
+    status = wait_loop("training job", name, describe, poll_seconds(30 if tail is None else 5))
     if status != "Completed":
         reason = sm.describe_training_job(TrainingJobName=name).get("FailureReason", "")
         print(f"training job {name} {status.lower()}{': ' + reason if reason else ''}", file=sys.stderr)

@@ -295,7 +295,7 @@ def test_tuning_jobs_never_share_a_checkpoint():
     from imgcls_client.spec import load_spec
     request = tuning_job_request("t", load_spec(), JobSettings(IMAGE, ROLE, {"train": "s3://b/t/"}, "s3://b/o/"))
     request["TrainingJobDefinition"]["CheckpointConfig"] = {"S3Uri": "s3://b/ckpt/"}
-    with pytest.raises(RequestError, match="share it and resume another's checkpoint"):
+    with pytest.raises(RequestError, match="trials could share it and one resume another's checkpoint"):
         check_request("sagemaker", "CreateHyperParameterTuningJob", request)
 
 

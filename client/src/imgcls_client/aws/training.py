@@ -123,8 +123,8 @@ class CompletionCriteria:
 def tuning_job_request(name: str, spec: TuningSpec, s: JobSettings, *, extra_static: Mapping[str, Any] | None = None,
                        completion: CompletionCriteria | None = None, warm_start_parents: list[str] | None = None,
                        warm_start_type: str = "IdenticalDataAndAlgorithm", hyperband_min_epochs: int = 1) -> dict:
-    """CreateHyperParameterTuningJob from a spec. The training jobs get no CheckpointConfig: they would
-    all share it, and a trial would resume another trial's checkpoint."""
+    """CreateHyperParameterTuningJob from a spec. The training jobs get no CheckpointConfig: it is not
+    documented to be made unique per job, and a trial must never resume another trial's checkpoint."""
     static = {**spec.fixed_hyperparameters(), **(extra_static or {})}
     parse_hyperparameters(static)
     config: dict[str, Any] = {

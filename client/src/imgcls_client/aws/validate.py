@@ -256,7 +256,8 @@ def _check_tuning(operation: str, request: dict) -> None:
     _check_training_definition(operation, d, "TrainingJobDefinition.")
     if "CheckpointConfig" in d:
         raise RequestError(operation, "TrainingJobDefinition.CheckpointConfig",
-                           "every training job of a tuning job would share it and resume another's checkpoint; leave it out")
+                           "not documented to be made unique per training job: trials could share it and one "
+                           "resume another's checkpoint; leave it out")
     if config["Strategy"] == "Hyperband" and config.get("TrainingJobEarlyStoppingType", "Off") != "Off":
         raise RequestError(operation, "HyperParameterTuningJobConfig.TrainingJobEarlyStoppingType", "must be Off with Hyperband")
     objective = config.get("HyperParameterTuningJobObjective", {}).get("MetricName")

@@ -92,7 +92,7 @@ def tuner_kwargs(spec: TuningSpec, *, target_objective: float | None = None, max
                  complete_on_convergence: bool | None = None, warm_start_parents: list[str] | None = None,
                  warm_start_type: str = "IdenticalDataAndAlgorithm", hyperband_min_epochs: int = 1) -> dict:
     """Keyword arguments for sagemaker.tuner.HyperparameterTuner(estimator, **kwargs) from a spec.
-    The estimator must not set checkpoint_s3_uri: every training job of the tuning job would share it."""
+    The estimator must not set checkpoint_s3_uri: its training jobs could share it (see `imgcls aws tune`)."""
     from sagemaker.tuner import (HyperbandStrategyConfig, StrategyConfig, TuningJobCompletionCriteriaConfig, WarmStartConfig,
                                  WarmStartTypes)
     kwargs: dict[str, Any] = {

@@ -744,3 +744,17 @@ def test_the_spec_is_rebuilt_from_a_tuning_job_description():
         assert (rebuilt.objective_metric, rebuilt.direction, rebuilt.strategy, rebuilt.early_stopping, rebuilt.max_trials,
                 rebuilt.max_parallel, rebuilt.seed) == (spec.objective_metric, spec.direction, spec.strategy, spec.early_stopping,
                                                          spec.max_trials, spec.max_parallel, spec.seed)
+
+
+def test_logs_of_a_multi_host_job_name_each_host(moto, capsys):
+    logs = boto3.client("logs")
+    logs.create_log_group(logGroupName="/aws/sagemaker/TrainingJobs")
+    now = int(T0.timestamp() * 1000)
+    for host in ("algo-1", "algo-2"):
+        logs.create_log_stream(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=f"dogs-10/{host}-1764072000")
+        logs.put_log_events(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=f"dogs-10/{host}-1764072000",
+                            logEvents=[{"timestamp": now, "message": f"hello from {host}"}])
+    tail = commands.LogTail(logs, "/aws/sagemaker/TrainingJobs", "dogs-10/")
+    tail.drain()
+    tail.drain()  # nothing new: nothing printed twice
+    assert capsys.readouterr().out.splitlines() == ["[algo-1] hello from algo-1", "[algo-2] hello from algo-2"]

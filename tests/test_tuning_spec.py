@@ -166,3 +166,11 @@ def test_a_study_best_json_is_accepted_by_training_as_it_is(tmp_path):
     table = written["md"].read_text()
     assert "| **1** | **0.001** | **64** | **0.5** | **COMPLETE** |" in table and "out of memory" in table
     assert written["csv"].read_text().splitlines()[0] == "trial,lr,batch-size,valid_loss,status,epochs,seconds,reason"
+
+
+def test_yaml_booleans_become_the_words_the_user_wrote():
+    spec = parse_spec(yaml.safe_load("parameters: {lr: {type: continuous, min: 0.001, max: 0.1}}\nstatic: {amp: off, epochs: 2}\n"))
+    assert spec.static["amp"] == "off"
+    with pytest.raises(SpecError, match="quote the value") as info:
+        parse_spec(yaml.safe_load("parameters: {lr: {type: continuous, min: 0.001, max: 0.1}}\nstatic: {optimizer: yes}\n"))
+    assert info.value.field == "static.optimizer"

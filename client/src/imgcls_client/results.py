@@ -80,7 +80,7 @@ def write_results(out: str | Path, spec: TuningSpec, rows: list[TrialResult]) ->
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
-    writer.writerows([[_fmt(v) for v in row] for row in table])
+    writer.writerows([["" if v is None else v for v in row] for row in table])  # full precision for programs
     written = {"csv": _write(out / RESULTS_CSV, buf.getvalue())}
 
     best = best_trial(spec, rows)

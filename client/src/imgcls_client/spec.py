@@ -206,6 +206,18 @@ def _check_value(name: str, value, where: str) -> None:
         raise SpecError(where, str(exc).removeprefix(f"hyperparameter {name}: ")) from None
 
 
+def _yaml_value(name: str, value, where: str):
+    """YAML 1.1 reads bare off/on/no/yes as booleans; give a text hyperparameter back the word."""
+    f = FIELDS[name.replace("-", "_")]
+    choices = f.metadata["choices"] or ()
+    if isinstance(value, bool) and (f.metadata["kind"] or type(f.default)) is str:
+        word = {False: "off", True: "on"}[value]
+        if word in choices:
+            return word
+        raise SpecError(where, f"YAML read {value!r} as a boolean; quote the value")
+    return value
+
+
 def _hp_kind(name: str):
     f = FIELDS[name.replace("-", "_")]
     kind = f.metadata["kind"] or type(f.default)
@@ -226,6 +238,7 @@ def _parameter(name: str, raw, where: str) -> Parameter:
             raise SpecError(f"{where}.values", "a categorical parameter needs a non-empty list of values")
         if len(values) > MAX_CATEGORICAL_VALUES:
             raise SpecError(f"{where}.values", f"{len(values)} values; SageMaker allows {MAX_CATEGORICAL_VALUES}")
+        values = [_yaml_value(name, v, f"{where}.values[{i}]") for i, v in enumerate(values)]
         texts = [_text(v) for v in values]
         if len(set(texts)) != len(texts):
             raise SpecError(f"{where}.values", "values repeat")
@@ -297,6 +310,7 @@ def parse_spec(data, source: str = "<spec>") -> TuningSpec:
             raise SpecError(f"static.{raw_name}", "is also a tuned parameter; keep it in one place")
         if isinstance(value, (list, dict)) or value is None:
             raise SpecError(f"static.{raw_name}", f"expected one value, got {value!r}")
+        value = _yaml_value(name, value, f"static.{raw_name}")
         if len(_text(value)) > MAX_HYPERPARAMETER_VALUE_LENGTH:
             raise SpecError(f"static.{raw_name}", f"longer than {MAX_HYPERPARAMETER_VALUE_LENGTH} characters")
         _check_value(name, value, f"static.{raw_name}")

@@ -268,7 +268,9 @@ class Study:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UserError(f"another imgcls tune is running on {self.out}; wait for it or use another --out") from None
-        self.threads = max(1, (os.cpu_count() or 1) // spec.max_parallel)
+        # cores shared out among parallel trials, unless the user pinned OMP_NUM_THREADS (e.g. 1 on a busy machine)
+        pinned = os.environ.get("OMP_NUM_THREADS", "")
+        self.threads = int(pinned) if pinned.isdigit() and int(pinned) > 0 else max(1, (os.cpu_count() or 1) // spec.max_parallel)
         storage = optuna.storages.RDBStorage(f"sqlite:///{self.out / 'study.db'}", engine_kwargs={"connect_args": {"timeout": 30}})
         direction = spec.direction
         existing = [s.study_name for s in optuna.study.get_all_study_summaries(storage)]

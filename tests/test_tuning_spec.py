@@ -174,3 +174,48 @@ def test_yaml_booleans_become_the_words_the_user_wrote():
     with pytest.raises(SpecError, match="quote the value") as info:
         parse_spec(yaml.safe_load("parameters: {lr: {type: continuous, min: 0.001, max: 0.1}}\nstatic: {optimizer: yes}\n"))
     assert info.value.field == "static.optimizer"
+
+
+# ---- pruning rules (the real study test shows a pruned trial end to end)
+
+def _study_with(spec, curves):
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from imgcls_client.study import make_pruner
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction=spec.direction, pruner=make_pruner(spec))
+    for curve in curves:
+        study.add_trial(optuna.trial.create_trial(params={"lr": 0.01}, distributions={"lr": FloatDistribution(1e-4, 0.1, log=True)},
+                                                  value=curve[-1], intermediate_values=dict(enumerate(curve, 1))))
+    return study
+
+
+def test_auto_early_stopping_is_sagemakers_median_of_running_averages():
+    spec = spec_with(early_stopping="Auto")
+    # running averages up to epoch 2: 1.5, 2.5, 3.5 -> median 2.5; the epoch-2 values alone have median 2.0
+    study = _study_with(spec, [[2.0, 1.0, 0.5], [3.0, 2.0, 1.0], [5.0, 2.0, 1.5]])
+    trial = study.ask()
+    trial.report(2.0, 1)
+    assert not trial.should_prune()  # 2.0 < 3.0 (epoch 1: the averages are the values)
+    trial.report(2.2, 2)
+    assert not trial.should_prune()  # 2.2 < 2.5: kept, where Optuna's MedianPruner (2.2 > 2.0) would stop it
+    other = study.ask()
+    other.report(2.6, 1)
+    assert not other.should_prune()
+    other.report(2.6, 2)
+    assert other.should_prune()  # 2.6 > 2.5
+    maximize = _study_with(spec_with(early_stopping="Auto", objective={"metric": "valid_accuracy"}), [[0.5, 0.7], [0.4, 0.6]])
+    worse = maximize.ask()
+    worse.report(0.3, 1)
+    assert worse.should_prune()
+
+
+def test_no_early_stopping_never_prunes_and_hyperband_uses_epochs_as_resource():
+    import optuna
+    from imgcls_client.study import make_pruner
+    study = _study_with(spec_with(), [[1.0, 0.5]])
+    trial = study.ask()
+    trial.report(100.0, 1)
+    assert not trial.should_prune()
+    hyperband = make_pruner(spec_with(strategy="Hyperband", static={"epochs": 9}))
+    assert isinstance(hyperband, optuna.pruners.HyperbandPruner) and hyperband._max_resource == 9

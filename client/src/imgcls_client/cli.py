@@ -41,4 +41,7 @@ def _run_tune(args: argparse.Namespace) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the running trials were stopped; the same command resumes the study in {args.out}", file=sys.stderr)
+        return 130
     return 0

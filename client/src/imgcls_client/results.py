@@ -70,7 +70,7 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def write_results(out: str | Path, spec: TuningSpec, rows: list[TrialResult]) -> dict[str, Path]:
+def write_results(out: str | Path, spec: TuningSpec, rows: list[TrialResult], plots: bool = True) -> dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names = list(spec.parameters)
@@ -102,7 +102,8 @@ def write_results(out: str | Path, spec: TuningSpec, rows: list[TrialResult]) ->
                   + " ".join(f"--{k} {v}" for k, v in hps.items()) + "`."]
         written["best"] = _write(out / BEST_JSON, json.dumps(hps, indent=2) + "\n")
     written["md"] = _write(out / RESULTS_MD, "\n".join(lines) + "\n")
-    written.update(plot_results(out, spec, rows))
+    if plots:
+        written.update(plot_results(out, spec, rows))
     return written
 
 

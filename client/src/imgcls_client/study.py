@@ -35,6 +35,7 @@ from .spec import TuningSpec, as_hyperparameter_text, grid_points
 
 STUDY_NAME = "imgcls"
 STOP_GRACE_S = 10.0
+PLOT_EVERY_S = 60.0
 _EPOCH = re.compile(r"^epoch=(\d+)/\d+ ")
 
 
@@ -414,6 +415,7 @@ class Study:
                                    f"{self.spec.max_parallel} at a time, {self.threads} thread(s) each")
         running: dict[int, Running] = {}
         stopping_all = False
+        unwritten, last_plot = False, time.monotonic()
         try:
             while True:
                 if time.monotonic() > deadline and not stopping_all:
@@ -424,6 +426,11 @@ class Study:
                        and self._counted() + len(running) < budget and not self._grid_exhausted()):
                     run = self._start(launcher)
                     running[run.trial.number] = run
+                if unwritten:  # after the next trials started; plots at most every PLOT_EVERY_S (they cost CPU the trials need)
+                    plots = time.monotonic() - last_plot > PLOT_EVERY_S
+                    write_results(self.out, self.spec, self.results(), plots=plots)
+                    last_plot = time.monotonic() if plots else last_plot
+                    unwritten = False
                 if not running:
                     break
                 for run in running.values():
@@ -437,6 +444,7 @@ class Study:
                     run = running.pop(rid)
                     result = self._finish(run, code)
                     self._report(result)
+                    unwritten = True
         finally:
             for run in running.values():  # interrupted (Ctrl-C): these trials stay RUNNING and re-run on resume
                 try:
@@ -462,7 +470,6 @@ class Study:
         best_text = f"best so far: trial {best.trial} {metric}={best.objective:.6g}" if best else "no complete trial yet"
         self.progress.line(f"trial {result.trial} {what} ({result.seconds:.1f} s); {best_text}")
         self.progress.finished(best_text)
-        write_results(self.out, self.spec, rows)
 
     def results(self) -> list[TrialResult]:
         return [_result(t, self.spec) for t in self.study.get_trials(deepcopy=False) if t.state.name != "WAITING"]

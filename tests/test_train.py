@@ -56,6 +56,10 @@ def test_metric_regexes_match_the_real_output(trained_model_dir):
         assert found[name] == pytest.approx([row[name] for row in history], rel=1e-5), name
     assert found["test_loss"] == pytest.approx([config["metrics"]["test_loss"]], rel=1e-5)
     assert found["test_accuracy"] == pytest.approx([config["metrics"]["test_accuracy"]], rel=1e-5)
+    # the kept epoch's values, printed once at the end: what tuning jobs rank by (a tuner keeps a job's last match)
+    best = config["metrics"]["best_epoch"]
+    assert found["best_valid_loss"] == pytest.approx([config["metrics"]["best_valid_loss"]], rel=1e-5)
+    assert found["best_valid_accuracy"] == pytest.approx([history[best - 1]["valid_accuracy"]], rel=1e-5)
 
 
 def test_digits_from_scratch_reach_95_percent(tmp_path):

@@ -32,6 +32,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--nproc-per-node", type=int, default=1, help="processes (GPUs) to train with, via torchrun and DDP (default: 1)")
     p.add_argument("--rule", action="append", default=[], metavar="RuleName_param=V",
                    help="an insight rule parameter, as the SageMaker hyperparameter of the same name (e.g. StepOutlier_stddev=4); repeatable")
+    p.add_argument("--hyperparameters", type=Path, metavar="JSON",
+                   help="a JSON object of hyperparameters (SageMaker's hyperparameters.json, or a study's best_hyperparameters.json); flags override it")
     hps = p.add_argument_group("hyperparameters (same names as SageMaker hyperparameters)")
     for name, default, choices, help_text in describe():
         hps.add_argument(f"--{name}", dest=f"hp_{name}", metavar="V", default=None,
@@ -56,12 +58,42 @@ def _sample_parser(sub) -> None:
     p.add_argument("--image-size", type=int, default=96)
 
 
+# `tune` and `aws` come from the imgcls-client package (client/ in the repository), which the image never has.
+CLIENT_COMMANDS = {"tune": "run a local hyperparameter study (Optuna; each trial is a real training run)",
+                   "aws": "the SageMaker lifecycle: train, tune, results, deploy, invoke, status, logs, stop, delete"}
+CLIENT_MISSING = ("`imgcls {command}` needs the imgcls client, which is not installed here (the training image never has it). "
+                  "In a checkout of the repository run `make setup` (or `uv sync`); elsewhere `pip install ./client` from the repository.")
+
+
+def _add_client_commands(sub) -> bool:
+    import importlib.util
+    if importlib.util.find_spec("imgcls_client") is None:
+        for name, help_text in CLIENT_COMMANDS.items():
+            sub.add_parser(name, help=f"{help_text} [needs imgcls-client]", add_help=False)
+        return False
+    from imgcls_client.cli import register  # lazy: optional package, imports no torch
+    register(sub)
+    return True
+
+
+def _read_hyperparameters(path: Path) -> dict:
+    import json
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--hyperparameters {path}: cannot read a JSON object ({exc})") from None
+    if not isinstance(values, dict):
+        raise UserError(f"--hyperparameters {path}: expected a JSON object of name: value")
+    return values
+
+
 def run_train(args: argparse.Namespace) -> int:
     from .failure import clear_failure, failure_reason, write_failure
-    raw = {k[3:]: v for k, v in vars(args).items() if k.startswith("hp_") and v is not None}
     if not launch.is_worker():  # torchrun workers share the launcher's output dir
         clear_failure(args.output_dir)
     try:
+        raw = _read_hyperparameters(args.hyperparameters) if args.hyperparameters else {}
+        raw.update({k[3:]: v for k, v in vars(args).items() if k.startswith("hp_") and v is not None})
         for item in args.rule:
             name, sep, value = item.partition("=")
             if not sep:
@@ -136,8 +168,13 @@ def _main(argv: list[str] | None) -> int:
     add_download_arguments(sub.add_parser("download-data", help="download and unpack the public dogImages.zip"))
     _sample_parser(sub)
     sub.add_parser("report", help="render report.html and insights.json again from a job's raw insight files (imgcls report DIR)")
+    if not _add_client_commands(sub) and argv[:1] and argv[0] in CLIENT_COMMANDS:
+        print("error: " + CLIENT_MISSING.format(command=argv[0]), file=sys.stderr)
+        return 2
     args = _parse(parser, sub, argv)
     configure_logging()
+    if getattr(args, "handler", None) is not None:  # commands the client registers
+        return args.handler(args)
     if args.command == "train":
         return run_train(args)
     if args.command == "serve":

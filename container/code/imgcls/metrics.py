@@ -1,15 +1,23 @@
 """Fixed metric lines for SageMaker tuners (metric_definitions) and the regexes that read them."""
 from __future__ import annotations
 
+import re
 import unicodedata
+from typing import Iterable
 
 _NUMBER = r"([0-9.]+(?:[eE][-+]?[0-9]+)?)"
 
-# A metric always follows a space, and no printed name ends with another's, so each regex
-# matches its own metric only. Plain syntax (no \b) that the tuner's regex engine accepts.
-METRIC_NAMES = ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "test_loss", "test_accuracy", "epoch_seconds")
+# A metric always follows a space, so ` valid_loss=` cannot match inside `best_valid_loss=` and each
+# regex matches its own metric only. Plain syntax (no \b) that the tuner's regex engine accepts.
+# best_*: printed once at the end from the epoch whose weights are kept; the objective to rank
+# by (a tuner keeps a job's last value) except under Hyperband, which needs the per-epoch valid_*.
+METRIC_NAMES = ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "test_loss", "test_accuracy", "epoch_seconds",
+                "best_valid_loss", "best_valid_accuracy")
 
 METRIC_DEFINITIONS = [{"Name": name, "Regex": f" {name}={_NUMBER}"} for name in METRIC_NAMES]
+
+# Per-epoch metrics (one value per epoch line): what early stopping and Hyperband can follow.
+EPOCH_METRICS = ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "epoch_seconds")
 
 
 def format_metrics(prefix: str, values: dict[str, float]) -> str:
@@ -32,3 +40,24 @@ def printable(text: object) -> str:
     """
     return "".join(_escape(ch) if ch == "=" or unicodedata.category(ch)[0] == "C" or unicodedata.category(ch) in ("Zl", "Zp")
                    else ch for ch in str(text))
+
+
+def metric_values(line: str, definitions: list[dict] = METRIC_DEFINITIONS) -> dict[str, float]:
+    """The metrics one log line carries (first capture group of each regex that matches it)."""
+    found = {}
+    for d in definitions:
+        m = re.search(d["Regex"], line)
+        if m:
+            try:
+                found[d["Name"]] = float(m.group(1))
+            except ValueError:  # the tuner drops non-numeric captures too
+                continue
+    return found
+
+
+def last_values(lines: Iterable[str], definitions: list[dict] = METRIC_DEFINITIONS) -> dict[str, float]:
+    """SageMaker's rule: a job's value of a metric is the last one its regex matched in the log."""
+    final: dict[str, float] = {}
+    for line in lines:
+        final.update(metric_values(line, definitions))
+    return final

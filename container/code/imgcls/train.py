@@ -284,7 +284,9 @@ def train(hp: HyperParameters, paths: JobPaths) -> dict:
             if rt.is_main:
                 if splits.test is not None:
                     print(format_metrics("final", {"test_loss": final_loss, "test_accuracy": final_acc}), flush=True)
-                print(f"best epoch={best.epoch}", flush=True)
+                kept = next((row for row in loop.history if row["epoch"] == best.epoch), {})  # the epoch whose weights are saved
+                print(format_metrics(f"best epoch={best.epoch}", {"best_valid_loss": kept.get("valid_loss"),
+                                                                  "best_valid_accuracy": kept.get("valid_accuracy")}), flush=True)
                 config = {"backbone": hp.backbone, "image_size": hp.image_size, "resize_size": eval_preset.resize_size,
                           "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "metrics": final,
                           "hyperparameters": hp.as_dict(), "torch_version": torch.__version__}

@@ -22,7 +22,7 @@ setup: $(UV)
 
 # ruff's security rules (flake8-bandit) on the code that ships and the scripts; each exception is a `# noqa: Sxxx - why`.
 lint: setup
-	$(UV) run ruff check --select S container/code bench scripts
+	$(UV) run ruff check --select S container/code client/src bench scripts
 
 test: lint
 	$(UV) run pytest $(PYTEST_ARGS)

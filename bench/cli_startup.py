@@ -41,12 +41,12 @@ def start_moto(workdir: Path) -> tuple[subprocess.Popen, str]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from docker_helpers import free_port
     port = free_port()
-    process = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+    process = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],  # noqa: S603 - the dev env's moto_server
                                stdout=open(workdir / "moto.log", "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
-            urllib.request.urlopen(f"{url}/moto-api/", timeout=2)
+            urllib.request.urlopen(f"{url}/moto-api/", timeout=2)  # noqa: S310 - http://127.0.0.1, the moto server started above
             return process, url
         except OSError:
             time.sleep(0.2)
@@ -64,8 +64,9 @@ def main() -> None:
                    "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1",
                    "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": f"{tmp}/none", "AWS_SHARED_CREDENTIALS_FILE": f"{tmp}/none"}
             import boto3
-            boto3.client("sagemaker", endpoint_url=url, region_name="us-east-1", aws_access_key_id="bench",
-                         aws_secret_access_key="bench").create_training_job(
+            dummy_key = "bench"  # the local moto server takes any key
+            boto3.client("sagemaker", endpoint_url=url, region_name="us-east-1", aws_access_key_id=dummy_key,
+                         aws_secret_access_key=dummy_key).create_training_job(
                 TrainingJobName="bench-job", AlgorithmSpecification={"TrainingImage": IMAGE, "TrainingInputMode": "File"}, RoleArn=ROLE,
                 OutputDataConfig={"S3OutputPath": "s3://b/out/"}, StoppingCondition={"MaxRuntimeInSeconds": 60},
                 ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 5})
@@ -77,7 +78,7 @@ def main() -> None:
                 for i in range(args.runs):
                     before = resource.getrusage(resource.RUSAGE_CHILDREN)
                     started = time.perf_counter()
-                    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)  # noqa: S603 - our own commands, timed
                     times.append(time.perf_counter() - started)
                     after = resource.getrusage(resource.RUSAGE_CHILDREN)
                     cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)

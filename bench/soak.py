@@ -63,7 +63,7 @@ def bad_requests(sample: bytes) -> list[tuple[bytes, str]]:
     side = 20_000
     bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress((b"\x00" * (1 + side // 8)) * side, 9)) + chunk(b"IEND", b""))
-    rng = random.Random(3)
+    rng = random.Random(3)  # noqa: S311 - repeatable test traffic, not security
     return [(sample[: len(sample) // 3], "image/jpeg"), (rng.randbytes(5000), "image/png"), (b'{"image": ', "application/json"),
             (b"a,b\n", "text/csv"), (bomb, "image/png"), (b'{"images": []}', "application/json"), (b"", "image/jpeg")]
 
@@ -106,7 +106,7 @@ def main() -> None:
             began = time.monotonic()
 
             def client(seed: int) -> None:
-                rng = random.Random(seed)
+                rng = random.Random(seed)  # noqa: S311 - repeatable test traffic, not security
                 connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
                 while (now := time.monotonic()) - began < seconds:
                     is_good = rng.random() >= 1 / 8

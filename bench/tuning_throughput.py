@@ -34,7 +34,7 @@ budget: {{max_trials: {trials}, max_parallel: 1}}
 
 def run(cmd: list[str], env: dict | None = None) -> float:
     started = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})  # noqa: S603 - our own imgcls commands, timed
     return time.perf_counter() - started
 
 
@@ -52,7 +52,7 @@ def main() -> None:
     threads = args.threads or os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="tune-bench-") as tmp:
         tmp = Path(tmp)
-        subprocess.run([sys.executable, "-m", "imgcls", "make-sample", str(tmp / "data"), "--classes", "4",
+        subprocess.run([sys.executable, "-m", "imgcls", "make-sample", str(tmp / "data"), "--classes", "4",  # noqa: S603 - imgcls make-sample
                         "--per-class", str(args.images), "6", "6", "--image-size", "48"], check=True, stdout=subprocess.DEVNULL)
         spec = tmp / "spec.yaml"
         spec.write_text(SPEC.format(epochs=args.epochs, backbone=args.backbone, image_size=args.image_size, trials=args.trials))

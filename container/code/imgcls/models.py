@@ -14,7 +14,6 @@ from torchvision import models as tvm
 
 from .errors import UserError
 from .metrics import printable
-from .names import BACKBONE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,6 @@ BACKBONES: dict[str, Backbone] = {
     "efficientnet_b0": Backbone(tvm.efficientnet_b0, tvm.EfficientNet_B0_Weights.IMAGENET1K_V1, "classifier.1"),
     "convnext_tiny": Backbone(tvm.convnext_tiny, tvm.ConvNeXt_Tiny_Weights.IMAGENET1K_V1, "classifier.2"),
 }
-assert tuple(BACKBONES) == BACKBONE_NAMES, "imgcls.names.BACKBONE_NAMES must list the backbones above"
 
 
 def _get_submodule_parent(model: nn.Module, dotted: str) -> tuple[nn.Module, str]:

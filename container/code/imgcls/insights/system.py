@@ -46,8 +46,8 @@ class _Gpus:
         if self.nvml is not None:
             try:
                 self.nvml.nvmlShutdown()
-            except Exception:
-                pass
+            except Exception as exc:  # the sampler is done; a driver that cannot shut down must not fail the job
+                log.debug("nvmlShutdown failed: %s", exc)
 
 
 class SystemSampler:

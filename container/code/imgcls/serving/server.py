@@ -180,7 +180,7 @@ def _check_port_free(host: str, port: int) -> None:
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((host or "0.0.0.0", port))
+            probe.bind((host or "0.0.0.0", port))  # noqa: S104 - probes the address the server will bind
         except OSError as exc:
             raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (another server on that port?)") from None
 

@@ -21,6 +21,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from results_file import write_ratios  # noqa: E402
+
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/imgcls:bench"
 ROLE = "arn:aws:iam::123456789012:role/bench"
 DRY = ["--image-uri", IMAGE, "--role", ROLE, "--train", "s3://b/dogs/train/", "--output-path", "s3://b/out/", "--dry-run"]
@@ -55,7 +58,7 @@ def start_moto(workdir: Path) -> tuple[subprocess.Popen, str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=2 if os.environ.get("BENCH_SHORT") == "1" else 5)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         moto, url = start_moto(Path(tmp))
@@ -98,6 +101,8 @@ def main() -> None:
     fast = rows[:-1]
     slow = [label for label, median, _, _, torch in fast if median >= 1 or torch]
     print(f"\ngoal (under 1 s, no torch): {'met by all' if not slow else 'not met by ' + ', '.join(slow)}")
+    write_ratios("cli_startup", "commands that need no model: median wall seconds (no torch import)",
+                 [(f"`{label}` s", median, "< 1 s, no torch" + ("" if not torch else "; IMPORTS TORCH")) for label, median, _, _, torch in fast])
 
 
 if __name__ == "__main__":

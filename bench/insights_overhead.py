@@ -19,7 +19,9 @@ import argparse
 import contextlib
 import io
 import logging
+import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +30,9 @@ import torch
 
 import imgcls.train as train_module
 from imgcls.engine import Hook
+
+sys.path.insert(0, str(Path(__file__).parent))
+from results_file import write_ratios  # noqa: E402
 from imgcls.hyperparams import parse_hyperparameters
 from imgcls.sample_data import make_sample_dataset
 from imgcls.train import JobPaths, train
@@ -80,11 +85,12 @@ def run(data: Path, work: Path, backbone: str, size: int, batch: int, steps: int
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    short = os.environ.get("BENCH_SHORT") == "1"  # `make bench`: one small model, one round
+    p.add_argument("--models", nargs="+", default=["resnet18"] if short else list(MODELS), choices=MODELS)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=100, help="training steps per job (4 epochs)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--rounds", type=int, default=3, help="off/on pairs per model")
+    p.add_argument("--rounds", type=int, default=1 if short else 3, help="off/on pairs per model")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (1: CPU time is the work, not spinning)")
     args = p.parse_args()
     logging.basicConfig(level=logging.ERROR)
@@ -119,6 +125,9 @@ def main() -> None:
     print(f"\nsteps per job {args.steps}, batch {args.batch_size}, {args.threads} thread(s); "
           f"median of per-round CPU ratios: " + ", ".join(
               f"{b} {statistics.median(y['cpu'] / x['cpu'] for x, y in zip(r[False], r[True])):.3f}" for b, r in results.items()))
+    write_ratios("insights_overhead", f"training step CPU time, insights on / off, {args.image_size} px, {args.steps} steps",
+                 [(f"{b} on/off", statistics.median(y["cpu"] / x["cpu"] for x, y in zip(r[False], r[True])), "<= 1.02")
+                  for b, r in results.items()])
 
 
 if __name__ == "__main__":

@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .errors import UserError
-from .insights.rules import is_rule_param, validate_rule_params
-from .names import BACKBONE_NAMES
+from .names import BACKBONE_NAMES, is_rule_param
 
 
 def _hp(default, help: str, *, low=None, high=None, choices=None, kind=None):
@@ -138,6 +137,7 @@ def parse_hyperparameters(raw: Mapping[str, Any]) -> HyperParameters:
             raise UserError(f"hyperparameter {name}: unknown name; {hint}known names are {', '.join(known)}")
         values[key] = _coerce(key, FIELDS[key], value)
     if rule_overrides:
+        from .insights.rules import validate_rule_params  # numpy: only for jobs that override a rule
         params = validate_rule_params(rule_overrides)
         values["rule_params"] = {k: params[k.partition("_")[0]][k.partition("_")[2]] for k in rule_overrides}
     return HyperParameters(**values)

@@ -71,11 +71,6 @@ def _rule(name: str, kind: str, defaults: dict, description: str, recommendation
 
 # --- parameters ------------------------------------------------------------------------------------
 
-def is_rule_param(name: str) -> bool:
-    """`StepOutlier_stddev`-style names start with a capital; hyperparameters never do."""
-    return bool(name) and name[0].isupper() and "_" in name
-
-
 def default_params() -> dict[str, dict]:
     return {name: dict(rule.defaults) for name, rule in RULES.items()}
 

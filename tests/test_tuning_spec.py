@@ -219,3 +219,13 @@ def test_no_early_stopping_never_prunes_and_hyperband_uses_epochs_as_resource():
     assert not trial.should_prune()
     hyperband = make_pruner(spec_with(strategy="Hyperband", static={"epochs": 9}))
     assert isinstance(hyperband, optuna.pruners.HyperbandPruner) and hyperband._max_resource == 9
+
+
+def test_exponent_without_a_dot_is_a_number_in_yaml_specs(tmp_path):
+    """PyYAML (YAML 1.1) reads `1e-5` as a string; a spec must still take it as the number the user wrote."""
+    path = tmp_path / "spec.yaml"
+    path.write_text("parameters:\n  lr: {type: continuous, min: 1e-5, max: 1e-1, scale: log}\n")
+    lr = load_spec(path).parameters["lr"]
+    assert (lr.min, lr.max) == (1e-5, 0.1)
+    with pytest.raises(SpecError, match="parameters.lr.min"):
+        parse_spec({"parameters": {"lr": {"type": "continuous", "min": "fast", "max": 0.1}}})

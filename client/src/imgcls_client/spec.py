@@ -167,6 +167,11 @@ def _int(value, where: str, low: int, high: int | None = None) -> int:
 
 
 def _number(value, where: str) -> float | int:
+    if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            raise SpecError(where, f"expected a finite number, got {value!r}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise SpecError(where, f"expected a finite number, got {value!r}")
     return value

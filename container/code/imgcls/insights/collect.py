@@ -433,6 +433,8 @@ class Collector(Hook):
         if not self.profiler_steps or not self.main:
             return
         if self.profiler is None and step == self.profile_first - 1 and not self.profiled_steps:
+            # Kineto logs "ERROR ... gpuGetDeviceCount failed" on every CPU-only job; a user's setting wins.
+            os.environ.setdefault("KINETO_LOG_LEVEL", "5")
             from torch.profiler import ProfilerActivity, profile
             activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
             self.profiler = profile(activities=activities)

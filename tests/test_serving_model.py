@@ -45,7 +45,7 @@ def test_model_tar_gz_is_extracted(trained_model_dir, tmp_path, layout):
 
 def test_path_traversal_in_the_archive_is_refused(trained_model_dir, tmp_path):
     make_archive(tmp_path / "model.tar.gz", {**model_files(trained_model_dir), "../escaped.txt": b"x"})
-    with pytest.raises(UserError, match="outside"):
+    with pytest.raises(UserError, match=r"archive member .*\.\./escaped.txt.*not allowed"):
         resolve_model_dir(tmp_path / "model.tar.gz", tmp_path / "extracted")
     assert not (tmp_path / "escaped.txt").exists()
 

@@ -79,7 +79,8 @@ def check_hostile_archives_are_refused(tmp: Path) -> None:
 
 def check_model_archive_loads_and_predicts(tmp: Path) -> None:
     import torch
-    from imgcls.serving.model_loading import load, resolve_model_dir
+    from imgcls.serving.model_files import resolve_model_dir
+    from imgcls.serving.model_loading import load
     model_dir = resolve_model_dir(model_archive(tmp / "packed"), tmp / "extracted")
     assert (model_dir / "model.pt").stat().st_mode & 0o777 == 0o644
     loaded = load(model_dir, gpu_id=None, cpu_threads=1)

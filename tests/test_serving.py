@@ -7,6 +7,7 @@ import io
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import statistics
@@ -125,7 +126,7 @@ def server(trained_model_dir, tmp_path_factory):
     (model_dir / "code" / "requirements.txt").write_text("imgcls-no-such-package==0.0.1\n")
     running = start_server(model_dir, tmp_path_factory.mktemp("serve"),
                            SAGEMAKER_MAX_PAYLOAD_IN_MB=str(PAYLOAD_LIMIT_MB), SAGEMAKER_MODEL_SERVER_WORKERS="1",
-                           IMGCLS_IDLE_TIMEOUT_SECONDS=str(IDLE_TIMEOUT_SECONDS))
+                           IMGCLS_IDLE_TIMEOUT_SECONDS=str(IDLE_TIMEOUT_SECONDS), IMGCLS_TIMING_LOG="1")
     try:
         wait_for_ping(running, timeout=240)
         yield running
@@ -452,6 +453,22 @@ def test_concurrent_requests_share_a_forward_pass(server, in_process, photo_byte
         assert_top_k(reply.json(), class_names, 5)
     time.sleep(2)  # MMS logs asynchronously
     assert backend_calls() - before < 16
+
+
+def test_timing_log_gives_each_stage_of_a_request(server, photo_bytes):
+    """IMGCLS_TIMING_LOG=1: one line per batch with the worker's stage timestamps, in order (how the README's breakdown is measured)."""
+    def timing_lines() -> list[str]:
+        return re.findall(r"timing (start=.*)", server.log())
+
+    before = len(timing_lines())
+    assert server.invoke(photo_bytes["chelsea"], "image/jpeg").status == 200
+    deadline = time.monotonic() + 10
+    while len(timing_lines()) == before and time.monotonic() < deadline:
+        time.sleep(0.2)  # the frontend logs the worker's lines asynchronously
+    stages = dict(pair.split("=") for pair in timing_lines()[-1].split())
+    assert list(stages) == ["start", "decoded", "forward", "end"]
+    times = [float(value) for value in stages.values()]
+    assert times[0] == 0 and times == sorted(times) and times[2] > times[1]  # the forward pass takes time
 
 
 def test_jumpstart_clients_verbose_json_and_octet_stream_images(server, in_process, photo_bytes):

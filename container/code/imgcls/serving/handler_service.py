@@ -11,6 +11,7 @@ import ctypes
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 CUSTOM_ATTRIBUTES_HEADER = "x-amzn-sagemaker-custom-attributes"
 DEFAULT_TOP_K = 5
 PR_SET_PDEATHSIG = 1
+TIMING = [] if os.environ.get("IMGCLS_TIMING_LOG") == "1" else None  # temporary: per-stage timestamps
 
 
 @dataclass(frozen=True)
@@ -95,14 +97,23 @@ class HandlerService:
         self.watchdog = watchdog.Watchdog(self.settings.timeout_seconds, watchdog.find_frontend_socket())
 
     def handle(self, data: list[dict], context) -> list[bytes | str]:
+        # MMS's worker prints a metrics line to the frontend after every batch, which our log config
+        # discards (MODEL_METRICS off): without a store it skips that write and the frontend's wake-up.
+        context.metrics = None
         self.watchdog.begin(context.request_ids)
         try:
             return self._handle(data, context)
         finally:
             self.watchdog.end()
+            if TIMING:
+                TIMING.append(("end", time.perf_counter()))
+                log.info("timing %s", " ".join(f"{n}={(t - TIMING[0][1]) * 1e3:.2f}" for n, t in TIMING))
+                del TIMING[:]
 
     def _handle(self, data: list[dict], context) -> list[bytes | str]:
         """One answer per request of the MMS batch; the decoded images share one forward pass."""
+        if TIMING is not None:
+            TIMING[:] = [("start", time.perf_counter())]
         responses: list[bytes | str | None] = [None] * len(data)
         decoded: dict[int, tuple[DecodedRequest, RequestOptions]] = {}
         for index, request in enumerate(data):
@@ -113,6 +124,8 @@ class HandlerService:
             except Exception as exc:  # never a traceback to the client; the log keeps it
                 log.exception("request %d: unexpected decoding failure", index)
                 responses[index] = self._error(context, index, 500, f"internal error: {type(exc).__name__}")
+        if TIMING is not None:
+            TIMING.append(("decoded", time.perf_counter()))
         if decoded:
             try:
                 self._predict_and_encode(decoded, responses, context)
@@ -138,6 +151,8 @@ class HandlerService:
     def _predict_and_encode(self, decoded, responses, context) -> None:
         batch = torch.cat([request.batch for request, _ in decoded.values()])
         probabilities = self.model.predict(batch)
+        if TIMING is not None:
+            TIMING.append(("forward", time.perf_counter()))
         start = 0
         for index, (request, options) in decoded.items():
             rows = probabilities[start:start + len(request.batch)]

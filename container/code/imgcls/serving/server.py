@@ -97,7 +97,9 @@ class ServerConfig:
             threads_per_worker=_env_int("IMGCLS_TORCH_THREADS", max(1, cpus // workers)),
             gpus=gpus,
             batch_size=max(1, _env_int("IMGCLS_BATCH_SIZE", 8)),
-            max_batch_delay_ms=_env_int("IMGCLS_MAX_BATCH_DELAY_MS", 3),
+            # 0: a batch is whatever waits when the worker turns free. Under load requests queue during
+            # the forward pass and still form full batches; a lone request no longer waits (was 3 ms).
+            max_batch_delay_ms=_env_int("IMGCLS_MAX_BATCH_DELAY_MS", 0),
             timeout_seconds=_env_int("SAGEMAKER_MODEL_SERVER_TIMEOUT", 60),
             max_payload_mb=_env_int("SAGEMAKER_MAX_PAYLOAD_IN_MB", 6),
             startup_timeout_seconds=_env_int("SAGEMAKER_STARTUP_TIMEOUT", 600),

@@ -11,6 +11,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from docker_helpers import free_port
 
 MOTO_SERVER = str(Path(sys.executable).parent / "moto_server")
@@ -91,3 +93,11 @@ def aws_env(monkeypatch, moto: Moto, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("IMGCLS_AWS_POLL_S", "0.05")
+
+
+@pytest.fixture(scope="module")
+def moto_server(tmp_path_factory):
+    """One moto server per test module (import this fixture into the module)."""
+    server = Moto(tmp_path_factory.mktemp("moto"))
+    yield server
+    server.stop()

@@ -23,17 +23,10 @@ from imgcls.metrics import METRIC_DEFINITIONS, format_metrics, last_values
 from imgcls_client.aws import commands
 from imgcls_client.aws.context import AwsContext, role_from_caller
 from imgcls_client.aws.validate import RequestError, check_request
-from moto_aws import ACCOUNT, REGION, ROLE, Moto, aws_env
+from moto_aws import ACCOUNT, REGION, ROLE, aws_env, moto_server  # noqa: F401 (moto_server: a fixture)
 
 IMAGE = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/imgcls:0123456789ab"
 BUCKET = "imgcls-test-data"
-
-
-@pytest.fixture(scope="module")
-def moto_server(tmp_path_factory):
-    server = Moto(tmp_path_factory.mktemp("moto"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from imgcls.cli import main
 from imgcls.metrics import METRIC_DEFINITIONS
 from imgcls_client import sdk
 from imgcls_client.spec import load_spec, parse_spec
-from moto_aws import ACCOUNT, REGION, ROLE, Moto, aws_env
+from moto_aws import ACCOUNT, REGION, ROLE, aws_env, moto_server  # noqa: F401 (moto_server: a fixture)
 
 IMAGE = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/imgcls:0123456789ab"
 BUCKET = "imgcls-sdk-data"
@@ -30,13 +30,6 @@ HYPERBAND = {
     "static": {"epochs": 10, "backbone": "resnet50"},
     "strategy": "Hyperband", "budget": {"max_trials": 24, "max_parallel": 4, "max_runtime_s": 7200}, "seed": 11,
 }
-
-
-@pytest.fixture(scope="module")
-def moto_server(tmp_path_factory):
-    server = Moto(tmp_path_factory.mktemp("moto"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture

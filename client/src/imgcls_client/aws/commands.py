@@ -95,6 +95,18 @@ def budget_note(args, jobs: int = 1) -> str:
             f"{args.max_run / 3600:g} h max run){'; spot prices' if args.spot else ''}")
 
 
+def _checked_dry_run(ctx, args, operation: str, request: dict, cost: str) -> bool:
+    """Validate the request; with --dry-run print it and say so (True), else make sure the bucket exists (False)."""
+    check_request("sagemaker", operation, request)
+    _isolation_note(args)
+    if args.dry_run:
+        print_request({operation: request})
+        print(f"cost: {cost}", file=sys.stderr)
+        return True
+    _ensure_default_bucket(ctx, args)
+    return False
+
+
 def _isolation_note(args) -> None:
     if args.network_isolation and not args.pretrained:
         print("note: with network isolation and no --pretrained channel, ImageNet weights must be baked into the image "
@@ -114,13 +126,8 @@ def cmd_train(args) -> int:
     request = training.training_job_request(
         name, job_settings(ctx, args, output), hyperparameters_from(args), checkpoint_s3_uri=checkpoint,
         tensorboard_s3_uri=tensorboard, keep_alive_s=args.keep_alive, debugger=args.debugger, profiler=args.profiler)
-    check_request("sagemaker", "CreateTrainingJob", request)
-    _isolation_note(args)
-    if args.dry_run:
-        print_request({"CreateTrainingJob": request})
-        print(f"cost: {budget_note(args)}", file=sys.stderr)
+    if _checked_dry_run(ctx, args, "CreateTrainingJob", request, budget_note(args)):
         return 0
-    _ensure_default_bucket(ctx, args)
     sm = ctx.client("sagemaker")
     arn = sm.create_training_job(**request)["TrainingJobArn"]
     print(f"created training job {name} ({arn})")
@@ -194,13 +201,8 @@ def cmd_tune(args) -> int:
     request = training.tuning_job_request(
         name, spec, job_settings(ctx, args, output), extra_static=extra, completion=completion,
         warm_start_parents=args.warm_start, warm_start_type=args.warm_start_type)
-    check_request("sagemaker", "CreateHyperParameterTuningJob", request)
-    _isolation_note(args)
-    if args.dry_run:
-        print_request({"CreateHyperParameterTuningJob": request})
-        print(f"cost: {budget_note(args, spec.max_trials)}", file=sys.stderr)
+    if _checked_dry_run(ctx, args, "CreateHyperParameterTuningJob", request, budget_note(args, spec.max_trials)):
         return 0
-    _ensure_default_bucket(ctx, args)
     sm = ctx.client("sagemaker")
     arn = sm.create_hyper_parameter_tuning_job(**request)["HyperParameterTuningJobArn"]
     print(f"created tuning job {name} ({arn})")

@@ -206,3 +206,20 @@ def test_smdebug_hook_config_from_sagemaker_saves_tensors_that_read_back(tmp_pat
     grads = trial.tensor_names(collection="gradients")
     assert any("fc.weight" in name for name in grads)
     assert trial.tensor([n for n in grads if "fc.weight" in n][0]).value(steps[0]).shape == (4, 512)
+
+
+def test_report_later_runs_the_rules_and_imgcls_report_draws_the_page(tmp_path, shapes, caplog):
+    """`insights-report off`: the page is not drawn at the end (local tuning trials), the rules still
+    speak and insights.json holds their findings; `imgcls report DIR` draws the same page later."""
+    from imgcls.insights.report import main as report_main
+    with caplog.at_level("INFO"):
+        run_job(tmp_path, shapes, epochs=1, **{"insights-report": "off", "profiler-steps": 0})
+    data = tmp_path / "data"
+    assert not (data / "report.html").exists()
+    facts = json.loads((data / "insights.json").read_text())
+    assert {r["rule"] for r in facts["rules"]} >= {"ExplodingTensor", "StepOutlier", "LowGPUUtilization"}
+    assert facts["verdict"]["headline"]
+    assert f"imgcls report {data}" in caplog.text
+    assert report_main([str(data)]) == 0
+    page = (data / "report.html").read_text()
+    assert "<h2 id=\"gradients\">" in page and "data:image/png;base64," in page

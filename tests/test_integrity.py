@@ -288,3 +288,35 @@ def test_symlink_loops_and_links_out_of_the_data_root_are_skipped_with_a_message
     for name in ("005.Loop", "006.Up", "004.Outside", "linked_outside.jpg"):
         assert name in log, name
     assert "loop" in log and "outside the data root" in log
+
+
+def test_checkpoints_off_writes_none_and_a_signal_stops_without_one(tmp_path, sample_dataset, monkeypatch):
+    """`checkpoints off` (local tuning trials, never resumed): no checkpoint file, ever; a SIGTERM still
+    stops the job at the end of its step, saying there is nothing to resume."""
+    import os
+    import signal as _signal
+    import dataclasses
+
+    from imgcls import hooks as loop_hooks
+    from imgcls.checkpoint import TrainingInterrupted
+    from imgcls.hyperparams import parse_hyperparameters
+    from imgcls.train import JobPaths, train
+    tiny = {"backbone": "resnet18", "weights": "none", "image-size": 32, "batch-size": 8, "workers": 0, "insights": "off",
+            "checkpoints": "off"}
+    paths = JobPaths(model_dir=tmp_path / "model", output_data_dir=tmp_path / "data", checkpoint_dir=tmp_path / "ck",
+                     tensorboard_dir=None, channels={"train": sample_dataset / "train", "valid": sample_dataset / "valid"})
+    train(parse_hyperparameters({**tiny, "epochs": "2"}), paths)
+    assert (tmp_path / "model" / "model.pt").is_file()
+    assert not (tmp_path / "ck").exists() or not any((tmp_path / "ck").iterdir())
+
+    after_epoch = loop_hooks.MetricLines.after_epoch
+
+    def and_then_sigterm(self, loop):
+        after_epoch(self, loop)
+        os.kill(os.getpid(), _signal.SIGTERM)
+
+    monkeypatch.setattr(loop_hooks.MetricLines, "after_epoch", and_then_sigterm)
+    paths = dataclasses.replace(paths, model_dir=tmp_path / "model2")
+    with pytest.raises(TrainingInterrupted, match="checkpoints are off"):
+        train(parse_hyperparameters({**tiny, "epochs": "3"}), paths)
+    assert not (tmp_path / "ck").exists() or not any((tmp_path / "ck").iterdir())

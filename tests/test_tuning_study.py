@@ -93,7 +93,13 @@ def test_a_study_prunes_records_failures_and_resumes_after_sigkill(tmp_path):
     assert float(rerun[0]["valid_loss"]) == float(re.search(r" valid_loss=(\S+)", last_epoch_line).group(1))
     # each trial trained in its own folders: the re-run did not resume the killed trial's checkpoint
     assert "resuming from checkpoint" not in log
-    assert (out / "trials" / "0000" / "output" / "checkpoints").exists()
+    # trials are never resumed, so they write no checkpoint; their reports are drawn on demand, the best one's at the end
+    assert not list((out / "trials").glob("*/output/checkpoints/*"))
+    best_output = out / "trials" / f"{int(rerun[0]['trial']):04d}" / "output" / "data"
+    assert (best_output / "report.html").is_file() and f"best trial's insights report: {best_output / 'report.html'}" in output
+    assert [p.parent.parent.parent.name for p in (out / "trials").glob("*/output/data/report.html")] == [best_output.parent.parent.name]
+    # a pruned trial still ran its rules (SIGTERM stops training at a step's end, then the hooks finish)
+    assert (out / "trials" / f"{int(by_status['PRUNED'][0]['trial']):04d}" / "output" / "data" / "insights.json").is_file()
 
     best = json.loads((out / "best_hyperparameters.json").read_text())
     assert best["lr"] == "1e-06" and best["weights"] == "none" and best["amp"] == "off"

@@ -101,12 +101,29 @@ def distributions(spec: TuningSpec) -> dict:
 
 # ---------------------------------------------------------------- trial processes
 
+# What a local trial skips unless the spec's `static` says otherwise: a trial is never resumed (an
+# interrupted one runs again from the start), and its insights page is drawn on demand (`imgcls report`;
+# the best trial's when the study ends). Not part of the trial's hyperparameters: the best ones stay as trained.
+TRIAL_SETTINGS = {"checkpoints": "off", "insights-report": "off"}
+
+
 def trial_argv(data: Path, trial_dir: Path, hyperparameters: dict[str, str]) -> list[str]:
-    """`imgcls train` arguments for one trial: its own model, output and checkpoint folders."""
+    """`imgcls train` arguments for one trial: its own model and output folders."""
     argv = ["train", "--data", str(data), "--model-dir", str(trial_dir / "model"), "--output-dir", str(trial_dir / "output")]
-    for name, value in hyperparameters.items():
+    for name, value in {**TRIAL_SETTINGS, **hyperparameters}.items():
         argv += [f"--{name}", value]
     return argv
+
+
+def draw_trial_report(trial_output: Path) -> Path | None:
+    """The insights page of one trial (`imgcls report`, no torch), or None when it has no insight files."""
+    data = trial_output / "data"
+    if (data / "report.html").is_file():
+        return data / "report.html"
+    if not (data / "insights").is_dir():
+        return None
+    done = subprocess.run([sys.executable, "-m", "imgcls", "report", str(data)], capture_output=True, text=True)  # noqa: S603 - imgcls report on our own trial folder
+    return data / "report.html" if done.returncode == 0 else None
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -502,5 +519,9 @@ def run_study(spec: TuningSpec, data: Path, out: Path, fork: bool = True) -> lis
     if best is not None:
         print(f"best: trial {best.trial} {spec.objective_metric}={best.objective:.6g} "
               + " ".join(f"{k}={_short(v)}" for k, v in best.params.items()), file=sys.stderr)
+        report = draw_trial_report(out / "trials" / f"{int(best.trial):04d}" / "output")
+        if report is not None:
+            print(f"best trial's insights report: {report} (another trial's: imgcls report {out / 'trials' / 'NNNN' / 'output'})",
+                  file=sys.stderr)
     print(f"results: {written['md']}" + (f", {written['best']}" if "best" in written else ""), file=sys.stderr)
     return rows

@@ -25,7 +25,7 @@ STALE_DIR = "stale"
 # Hyperparameters that cannot change the weights a run produces: a checkpoint written under other
 # values is still the same job. `epochs` may grow (the run continues), but not fall below the
 # checkpoint's epoch. Everything else (amp and deterministic too: they change the numerics) must match.
-RESUME_IGNORES = ("epochs", "log-interval", "workers", "checkpoint-dir", "allow-download")
+RESUME_IGNORES = ("epochs", "log-interval", "workers", "checkpoint-dir", "checkpoints", "allow-download", "insights-report")
 
 
 def checkpoint_path(directory: Path, epoch: int, step: int) -> Path:
@@ -179,11 +179,12 @@ class Checkpointer(Hook):
     """The one owner of a checkpoint's contents: the loop's state plus every hook's own state.
 
     Saves at every epoch end and, when SIGTERM arrives, at the end of the current step; then stops
-    the job with a resumable reason. `resume()` restores the newest complete checkpoint.
+    the job with a resumable reason. `resume()` restores the newest complete checkpoint. Disabled
+    (`checkpoints off`), it neither saves nor resumes, and a signal still stops the job at a step's end.
     """
 
-    def __init__(self, directory: Path, hooks: list[Hook], job: dict):
-        self.directory, self.hooks, self.job = Path(directory), hooks, job
+    def __init__(self, directory: Path, hooks: list[Hook], job: dict, enabled: bool = True):
+        self.directory, self.hooks, self.job, self.enabled = Path(directory), hooks, job, enabled
 
     def snapshot(self, loop) -> dict:
         state = loop.state_dict()
@@ -198,6 +199,8 @@ class Checkpointer(Hook):
         return path
 
     def resume(self, loop) -> bool:
+        if not self.enabled:
+            return False
         state = resume_state(self.directory, self.job, loop.hp.epochs, manage_files=loop.rt.is_main)
         if state is None:
             return False
@@ -209,7 +212,7 @@ class Checkpointer(Hook):
         return True
 
     def after_epoch(self, loop) -> None:
-        if loop.rt.is_main:
+        if loop.rt.is_main and self.enabled:
             self.save(loop)
 
     def after_step(self, loop) -> None:
@@ -222,7 +225,9 @@ class Checkpointer(Hook):
         if not received:
             return
         loop.sync()
+        where = f"stopped by signal at epoch {loop.epoch + 1} step {loop.step}/{loop.steps_per_epoch}"
+        if not self.enabled:
+            raise TrainingInterrupted(f"{where}; checkpoints are off, nothing to resume", loop.stop_signal.received)
         if loop.rt.is_main:
             log.warning("checkpoint saved to %s", self.save(loop))
-        raise TrainingInterrupted(f"stopped by signal at epoch {loop.epoch + 1} step {loop.step}/{loop.steps_per_epoch}; "
-                                  f"state saved in {self.directory}, a restarted job resumes from it", loop.stop_signal.received)
+        raise TrainingInterrupted(f"{where}; state saved in {self.directory}, a restarted job resumes from it", loop.stop_signal.received)

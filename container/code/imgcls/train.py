@@ -199,7 +199,7 @@ def train(hp: HyperParameters, paths: JobPaths) -> dict:
     if paths.tensorboard_dir is not None:
         hooks.append(TensorBoardHook(paths.tensorboard_dir))
     hooks += judge
-    checkpointer = Checkpointer(paths.checkpoint_dir, hooks, job_identity(hp.as_dict(), names, data_fingerprint(splits)))
+    checkpointer = Checkpointer(paths.checkpoint_dir, hooks, job_identity(hp.as_dict(), names, data_fingerprint(splits)), hp.checkpoints)
     hooks.append(checkpointer)
     checkpointer.resume(loop)  # the newest complete checkpoint, if any (spot restarts)
     timer = loop.timer

@@ -48,7 +48,7 @@ def insight_hooks(hp, paths) -> tuple[list[Hook], list[Hook]]:
         from .rules import validate_rule_params
         params = validate_rule_params(hp.rule_params)
         collectors.append(Collector(hp, Path(paths.output_data_dir), params))
-        judges.append(OnlineRules(Path(paths.output_data_dir), params))
+        judges.append(OnlineRules(Path(paths.output_data_dir), params, draw=hp.insights_report))
     return collectors, judges
 
 
@@ -479,8 +479,8 @@ class OnlineRules(Hook):
     A triggered rule is logged once, as one line; a rule told to stop (`<RuleName>_stop=true`) stops the job.
     """
 
-    def __init__(self, output_data_dir: Path, params: dict):
-        self.out, self.params = Path(output_data_dir), params
+    def __init__(self, output_data_dir: Path, params: dict, draw: bool = True):
+        self.out, self.params, self.draw = Path(output_data_dir), params, draw
         self.logged: set[str] = set()
 
     def after_epoch(self, loop: LoopState) -> None:
@@ -513,12 +513,15 @@ class OnlineRules(Hook):
         try:
             from .report import write_report
             from .rules import Finding
-            html, facts = write_report(self.out, self.params)
+            html, facts = write_report(self.out, self.params, draw=self.draw)
             for row in json.loads(facts.read_text())["rules"]:
                 finding = Finding(**row)
                 if finding.triggered and finding.rule not in self.logged:
                     self.logged.add(finding.rule)
                     log.warning(finding.log_line())
-            log.info("insights report written to %s", html)
+            if html is not None:
+                log.info("insights report written to %s", html)
+            else:
+                log.info("insights findings written to %s; draw the report with: imgcls report %s", facts, self.out)
         except Exception as exc:  # the job's own result matters more than its report
             log.warning("insights: report not written: %s", exc)

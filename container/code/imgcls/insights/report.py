@@ -478,8 +478,9 @@ def _operators_section(rec: Records, facts: dict) -> str:
 
 # --- the report ------------------------------------------------------------------------------------
 
-def build_report(rec: Records, params: dict | None = None) -> tuple[str, dict]:
-    """(html, insights dict) for the records; params as from validate_rule_params (None: the job's own)."""
+def build_report(rec: Records, params: dict | None = None, draw: bool = True) -> tuple[str | None, dict]:
+    """(html, insights dict) for the records; params as from validate_rule_params (None: the job's own).
+    Without `draw`, only the rules and the verdict: (None, facts), a fraction of the time."""
     if params is None:
         try:
             params = validate_rule_params(rec.job.get("rule_params") or {})
@@ -490,6 +491,8 @@ def build_report(rec: Records, params: dict | None = None) -> tuple[str, dict]:
     facts: dict = {"format": 1, "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                    "output_data_dir": str(rec.output_data_dir or ""), "missing": rec.missing, "verdict": summary, "job": {},
                    "rules": [f.as_dict() for f in findings]}
+    if not draw:
+        return None, facts
     sections = [("summary", "Job summary", lambda: _summary(rec, facts["job"])),
                 ("rules", "Rules", lambda: _rules_section(findings)),
                 ("steps", "Step durations", lambda: _steps_section(rec, params, facts)),
@@ -517,15 +520,18 @@ def build_report(rec: Records, params: dict | None = None) -> tuple[str, dict]:
     return page, facts
 
 
-def write_report(output_data_dir: str | Path, params: dict | None = None) -> tuple[Path, Path]:
-    """Render report.html and insights.json into the output data dir from its raw insight files."""
+def write_report(output_data_dir: str | Path, params: dict | None = None, draw: bool = True) -> tuple[Path | None, Path]:
+    """Render report.html and insights.json into the output data dir from its raw insight files
+    (without `draw`: insights.json alone, and (None, its path))."""
     out = Path(output_data_dir)
     rec = load_records(out)
-    page, facts = build_report(rec, params)
-    html_path, json_path = out / REPORT_HTML, out / INSIGHTS_JSON
+    page, facts = build_report(rec, params, draw)
+    json_path = out / INSIGHTS_JSON
     _atomic_write(json_path, json.dumps(_json_safe(facts), indent=1, allow_nan=False, default=_jsonable).encode())
-    _atomic_write(html_path, page.encode())
-    return html_path, json_path
+    if page is None:
+        return None, json_path
+    _atomic_write(out / REPORT_HTML, page.encode())
+    return out / REPORT_HTML, json_path
 
 
 def _jsonable(value):

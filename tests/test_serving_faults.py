@@ -6,6 +6,7 @@ import json
 import statistics
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -139,6 +140,9 @@ def test_a_killed_worker_fails_at_most_the_requests_it_held(trained_model_dir, t
     try:
         wait_for_ping(server, timeout=240)
         (victim,) = worker_pids(server)
+        # the listener that forks workers has imported torch and the handler once: a replacement skips the imports
+        listener = psutil.Process(victim).parent()
+        assert "libtorch" in Path(f"/proc/{listener.pid}/maps").read_text(), listener.cmdline()
         replies: list[tuple[float, int, bytes]] = []
         lock = threading.Lock()
         stop_at = [time.monotonic() + 600]

@@ -35,6 +35,7 @@ from .model_files import resolve_model_dir
 log = logging.getLogger("imgcls.serve")
 
 HANDLER = "imgcls.serving.handler_service:handle"
+BACKEND_SCRIPT = "imgcls-mms-backend"  # [project.scripts] in pyproject.toml
 MODEL_NAME = "model"
 MMS_HOME = Path(mms.__file__).resolve().parent.parent
 MMS_JARS = str(MMS_HOME / "mms" / "frontend" / "*")
@@ -210,6 +211,10 @@ class ModelServer:
         plugin_dir = readiness.plugin_class_path(MMS_JARS, self.run_dir / "plugin")
         (self.run_dir / "mms.properties").write_text(mms_properties(config, self.management_port))
         (self.run_dir / "log4j2.xml").write_text(LOG4J_CONFIG)
+        # MMS runs its Python backend with this executable: ours imports torch once for all workers
+        # (imgcls.serving.backend); a bare interpreter where the package is not installed.
+        backend = Path(sys.executable).parent / BACKEND_SCRIPT
+        python = str(backend) if backend.is_file() else sys.executable
         java = str(Path(os.environ["JAVA_HOME"]) / "bin" / "java") if os.environ.get("JAVA_HOME") else shutil.which("java")
         if java is None:
             raise UserError("java not found: multi-model-server needs a Java runtime (set JAVA_HOME or put java on PATH)")
@@ -224,7 +229,7 @@ class ModelServer:
                    *frontend_heap_args(os.environ.get("SAGEMAKER_MODEL_SERVER_VMARGS", "")),
                    *os.environ.get("SAGEMAKER_MODEL_SERVER_VMARGS", "").split(),
                    "-cp", class_path, "com.amazonaws.ml.mms.ModelServer",
-                   "--python", sys.executable, "-f", str(self.run_dir / "mms.properties"), "-s", "/",
+                   "--python", python, "-f", str(self.run_dir / "mms.properties"), "-s", "/",
                    *(["-m", f"{MODEL_NAME}={model_dir}"] if model_dir else [])]
         worker_env = {
             # Idle OpenMP threads sleep instead of spinning: workers share cores with each other, the

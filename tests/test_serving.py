@@ -571,3 +571,19 @@ def test_serve_refuses_port_zero(trained_model_dir, tmp_path):
     proc = run_imgcls("serve", "--model-dir", trained_model_dir, "--port", "0", check=False, timeout=60,
                       env={"TMPDIR": str(tmp_path)})
     assert proc.returncode == 1 and "port 0" in proc.stdout + proc.stderr
+
+
+def test_a_tmpdir_too_long_for_unix_sockets_is_not_a_hang(trained_model_dir, tmp_path, photo_bytes):
+    """The worker sockets live in the server's run folder; under a TMPDIR so deep that their path would
+    pass the 107 bytes a Unix socket path holds, MMS used to wait silently until the start-up timeout."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    server = start_server(trained_model_dir, tmp_path, TMPDIR=str(deep), SAGEMAKER_STARTUP_TIMEOUT="600")
+    try:
+        wait_for_ping(server, timeout=120)
+        assert server.invoke(photo_bytes["chelsea"], "image/jpeg").status == 200
+    finally:
+        assert stop(server) == 0
+    log_text = server.log()
+    assert "too long for the worker sockets" in log_text and str(deep) in log_text, log_text[-3000:]
+    assert list(deep.iterdir()) == []

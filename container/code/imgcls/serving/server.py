@@ -188,13 +188,36 @@ def _check_port_free(host: str, port: int) -> None:
             raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (another server on that port?)") from None
 
 
+RUN_DIR_PREFIX = "imgcls-serve-"
+UNIX_SOCKET_PATH_MAX = 107  # bytes: sun_path holds 108 with the final NUL
+LONGEST_SOCKET_NAME = ".mms.sock.65535"
+
+
+def _longest_socket_path(temp_dir: str) -> int:
+    return len(os.fsencode(os.path.join(temp_dir, RUN_DIR_PREFIX + "x" * 8, LONGEST_SOCKET_NAME)))
+
+
+def socket_friendly_temp_dir() -> str:
+    """TMPDIR, unless the worker sockets' path in a run folder there would not fit a Unix socket address
+    (MMS then waits silently until its start-up timeout): /tmp instead, said once."""
+    wanted = tempfile.gettempdir()
+    if _longest_socket_path(wanted) <= UNIX_SOCKET_PATH_MAX:
+        return wanted
+    fallback = "/tmp"  # noqa: S108 - only when TMPDIR cannot hold a socket; the run folder itself is private (mkdtemp)
+    if _longest_socket_path(fallback) > UNIX_SOCKET_PATH_MAX or not os.access(fallback, os.W_OK | os.X_OK):
+        raise UserError(f"TMPDIR {wanted} is too long for the worker sockets: set TMPDIR to a directory with a shorter path")
+    log.warning("TMPDIR %s is too long for the worker sockets (%d bytes with the socket name; a Unix socket path holds %d): "
+                "the server's run folder goes in %s", wanted, _longest_socket_path(wanted), UNIX_SOCKET_PATH_MAX, fallback)
+    return fallback
+
+
 class ModelServer:
     """One MMS frontend (Java) and its Python workers, all started and stopped by this object."""
 
     def __init__(self, config: ServerConfig):
         self.config = config
         # java.io.tmpdir of the frontend: the worker sockets (.mms.sock.<port>) land here, not in /tmp.
-        self.run_dir = Path(tempfile.mkdtemp(prefix="imgcls-serve-"))
+        self.run_dir = Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX, dir=socket_friendly_temp_dir()))
         self.management_port = free_local_port()
         self.process: subprocess.Popen | None = None
 

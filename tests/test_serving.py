@@ -458,7 +458,7 @@ def test_concurrent_requests_share_a_forward_pass(server, in_process, photo_byte
 def test_timing_log_gives_each_stage_of_a_request(server, photo_bytes):
     """IMGCLS_TIMING_LOG=1: one line per batch with the worker's stage timestamps, in order (how the README's breakdown is measured)."""
     def timing_lines() -> list[str]:
-        return re.findall(r"timing (start=.*)", server.log())
+        return re.findall(r"timing requests=1 (start=.*)", server.log())
 
     before = len(timing_lines())
     assert server.invoke(photo_bytes["chelsea"], "image/jpeg").status == 200
@@ -587,3 +587,39 @@ def test_a_tmpdir_too_long_for_unix_sockets_is_not_a_hang(trained_model_dir, tmp
     log_text = server.log()
     assert "too long for the worker sockets" in log_text and str(deep) in log_text, log_text[-3000:]
     assert list(deep.iterdir()) == []
+
+
+def test_a_lone_request_never_waits_for_a_batch_and_concurrent_ones_still_batch(trained_model_dir, tmp_path, photo_bytes):
+    """IMGCLS_MAX_BATCH_DELAY_MS is how long a batch waits for company only while requests overlap:
+    here 400 ms, so one waited for would show in a lone request's latency."""
+    import concurrent.futures
+
+    server = start_server(trained_model_dir, tmp_path, IMGCLS_MAX_BATCH_DELAY_MS="400", IMGCLS_BATCH_SIZE="8",
+                          IMGCLS_TIMING_LOG="1", SAGEMAKER_MODEL_SERVER_WORKERS="1")
+    photo = photo_bytes["chelsea"]
+
+    def timed() -> float:
+        started = time.monotonic()
+        assert server.invoke(photo, "image/jpeg").status == 200
+        return time.monotonic() - started
+
+    def batch_sizes() -> list[int]:
+        return [int(n) for n in re.findall(r"timing requests=(\d+) ", server.log())]
+
+    try:
+        wait_for_ping(server, timeout=240)
+        lone = [timed() for _ in range(6)]
+        assert statistics.median(lone) < 0.3, lone
+        seen = len(batch_sizes())
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            list(pool.map(lambda _: [timed() for _ in range(4)], range(6)))
+        deadline = time.monotonic() + 10
+        while len(batch_sizes()) < seen + 2 and time.monotonic() < deadline:
+            time.sleep(0.2)  # the frontend logs the worker's lines asynchronously
+        assert max(batch_sizes()[seen:]) > 1, batch_sizes()[seen:]
+        time.sleep(1.5)  # no overlap for a second: lone requests go at once again
+        timed()  # the worker began waiting for this one while the delay was still on
+        again = [timed() for _ in range(4)]
+        assert statistics.median(again) < 0.3, again
+    finally:
+        stop(server)

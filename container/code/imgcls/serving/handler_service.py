@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 CUSTOM_ATTRIBUTES_HEADER = "x-amzn-sagemaker-custom-attributes"
 DEFAULT_TOP_K = 5
 PR_SET_PDEATHSIG = 1
-TIMING = [] if os.environ.get("IMGCLS_TIMING_LOG") == "1" else None  # temporary: per-stage timestamps
+TIMING = [] if os.environ.get("IMGCLS_TIMING_LOG") == "1" else None  # per-batch stage timestamps, on request
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class HandlerService:
             self.watchdog.end()
             if TIMING:
                 TIMING.append(("end", time.perf_counter()))
-                log.info("timing %s", " ".join(f"{n}={(t - TIMING[0][1]) * 1e3:.2f}" for n, t in TIMING))
+                log.info("timing requests=%d %s", len(data), " ".join(f"{n}={(t - TIMING[0][1]) * 1e3:.2f}" for n, t in TIMING))
                 del TIMING[:]
 
     def _handle(self, data: list[dict], context) -> list[bytes | str]:

@@ -35,7 +35,10 @@ from .model_files import resolve_model_dir
 log = logging.getLogger("imgcls.serve")
 
 HANDLER = "imgcls.serving.handler_service:handle"
-BACKEND_SCRIPT = "imgcls-mms-backend"  # [project.scripts] in pyproject.toml
+BACKEND_SCRIPT = "imgcls-mms-backend"
+# How long a batch may wait for company, only while requests overlap (BatchDelay.java): a lone
+# request never waits; concurrent ones, answered together, come back a few ms apart.
+DEFAULT_MAX_BATCH_DELAY_MS = 5  # [project.scripts] in pyproject.toml
 MODEL_NAME = "model"
 MMS_HOME = Path(mms.__file__).resolve().parent.parent
 MMS_JARS = str(MMS_HOME / "mms" / "frontend" / "*")
@@ -100,7 +103,7 @@ class ServerConfig:
             batch_size=max(1, _env_int("IMGCLS_BATCH_SIZE", 8)),
             # 0: a batch is whatever waits when the worker turns free. Under load requests queue during
             # the forward pass and still form full batches; a lone request no longer waits (was 3 ms).
-            max_batch_delay_ms=_env_int("IMGCLS_MAX_BATCH_DELAY_MS", 0),
+            max_batch_delay_ms=_env_int("IMGCLS_MAX_BATCH_DELAY_MS", DEFAULT_MAX_BATCH_DELAY_MS),
             timeout_seconds=_env_int("SAGEMAKER_MODEL_SERVER_TIMEOUT", 60),
             max_payload_mb=_env_int("SAGEMAKER_MAX_PAYLOAD_IN_MB", 6),
             startup_timeout_seconds=_env_int("SAGEMAKER_STARTUP_TIMEOUT", 600),

@@ -46,6 +46,8 @@ public class ConnectionGuard extends ChannelDuplexHandler {
     private static final long PAYLOAD_LIMIT_MB = Long.getLong("imgcls.maxPayloadMb", 6);
 
     private boolean serving;       // a whole request went to MMS and its answer has not left yet
+    private boolean invocation;    // this request is an /invocations one (counted by BatchDelay)
+    private boolean counted;       // BatchDelay was told it started and not yet that it finished
     private boolean discarding;    // this request was answered here: drop its body
     private long waitingSince = System.nanoTime();
     private ScheduledFuture<?> idleCheck;
@@ -87,6 +89,8 @@ public class ConnectionGuard extends ChannelDuplexHandler {
                 return;
             }
             discarding = false;
+            String path = request.uri();
+            invocation = "/invocations".equals(path) || (MULTI_MODEL && path.startsWith("/models/") && path.endsWith("/invoke"));
         }
         if (discarding) {
             ReferenceCountUtil.release(msg);
@@ -94,8 +98,25 @@ public class ConnectionGuard extends ChannelDuplexHandler {
         }
         if (msg instanceof LastHttpContent) {
             serving = true;
+            if (invocation && !counted) {
+                counted = true;
+                BatchDelay.started();
+            }
         }
         ctx.fireChannelRead(msg);
+    }
+
+    @Override
+    public void channelInactive(ChannelHandlerContext ctx) throws Exception {
+        finishInvocation();
+        super.channelInactive(ctx);
+    }
+
+    private void finishInvocation() {
+        if (counted) {
+            counted = false;
+            BatchDelay.finished();
+        }
     }
 
     /** "NNN message" when this request is answered here, else null (and the URI is cleaned up). */
@@ -153,6 +174,7 @@ public class ConnectionGuard extends ChannelDuplexHandler {
             promise.addListener(future -> {
                 serving = false;
                 waitingSince = System.nanoTime();
+                finishInvocation();
             });
         }
         ctx.write(msg, promise);

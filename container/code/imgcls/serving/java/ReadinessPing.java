@@ -19,7 +19,7 @@ import software.amazon.ai.mms.servingsdk.http.Response;
  * It also turns on batching for the single model. MMS 1.1.11 registers models named at start-up
  * with batch size 1 (hard-coded), and a bare /invocations only reaches such a model; but its
  * batch aggregator reads the model's batch size and delay afresh for every batch, so setting
- * them once the model is registered is enough. serve's own start-up wait calls /ping, so this
+ * them once the model is registered is enough (the delay as BatchDelay has it now). serve's own start-up wait calls /ping, so this
  * happens before the first 200.
  */
 @Endpoint(urlPattern = "ping", endpointType = EndpointTypes.INFERENCE,
@@ -34,10 +34,10 @@ public class ReadinessPing extends ModelServerEndpoint {
             return false;
         }
         int batchSize = Integer.getInteger("imgcls.batchSize", 1);
-        int maxBatchDelayMs = Integer.getInteger("imgcls.maxBatchDelayMs", 100);
+        int batchDelayMs = BatchDelay.current(System.nanoTime());
         for (com.amazonaws.ml.mms.wlm.Model model : ModelManager.getInstance().getModels().values()) {
             model.setBatchSize(batchSize);
-            model.setMaxBatchDelay(maxBatchDelayMs);
+            model.setMaxBatchDelay(batchDelayMs);
         }
         for (Model model : ctx.getModels().values()) {
             boolean anyLoaded = false;

@@ -189,6 +189,14 @@ def test_serve_answers_ping_and_a_jpeg(serving_container):
     probabilities = [entry["probability"] for entry in top_k]
     assert probabilities == sorted(probabilities, reverse=True)
     assert 0 < sum(probabilities) <= 1 + 1e-5
+    # MMS's Python listener (the child of the Java frontend) is ours: torch is imported before it forks workers
+    probe = ("import json, psutil\n"
+             "print(json.dumps([(' '.join(p.cmdline()), any('libtorch' in m.path for m in p.memory_maps()))\n"
+             "                  for p in psutil.process_iter() if p.parent() and p.parent().name() == 'java']))")
+    listeners = json.loads(docker("exec", name, "python", "-c", probe).stdout)
+    assert all("imgcls-mms-backend" in command for command, _ in listeners), listeners
+    assert [torch for command, torch in listeners if "model_service_worker.py" in command] == [True], listeners
+    assert not [command for command, torch in listeners if torch and "model_service_worker.py" not in command], listeners
 
 
 def test_sigterm_stops_serve_promptly_and_cleanly(serving_container):

@@ -177,3 +177,17 @@ def test_a_killed_worker_fails_at_most_the_requests_it_held(trained_model_dir, t
         print(f"worker killed: {len(failed)} request(s) failed, replacement ready after {recovered:.1f} s")
     finally:
         stop(server)
+
+
+@pytest.mark.parametrize("script, imports_torch", [("model_service_worker.py", True), ("metric_collector.py", False)])
+def test_the_backend_imports_torch_for_the_worker_listener_only(tmp_path, script, imports_torch):
+    """MMS runs every Python script through the same executable: its periodic metric collector must
+    not pay for torch."""
+    import subprocess
+    import sys
+    probe = tmp_path / script
+    probe.write_text("import sys\nprint('torch' in sys.modules, sys.argv[1:])\n")
+    backend = Path(sys.executable).parent / "imgcls-mms-backend"
+    done = subprocess.run([str(backend), str(probe), "--sock-type", "unix"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{imports_torch} ['--sock-type', 'unix']"

@@ -163,6 +163,13 @@ LOG4J_CONFIG = """<?xml version="1.0" encoding="UTF-8"?>
     <Logger name="MODEL_METRICS" level="off"/>
     <Logger name="MMS_METRICS" level="off"/>
     <Logger name="MODEL_LOG" level="info"/>
+    <!-- one line per batch and per /ping would fill an endpoint's logs; faults and restarts still show -->
+    <Logger name="com.amazonaws.ml.mms.wlm.WorkerThread" level="info">
+      <RegexFilter regex="Backend response time.*" onMatch="DENY" onMismatch="NEUTRAL"/>
+    </Logger>
+    <Logger name="com.amazonaws.ml.mms.http.HttpRequestHandler" level="info">
+      <RegexFilter regex="Running .* endpoint took.*" onMatch="DENY" onMismatch="NEUTRAL"/>
+    </Logger>
     <Root level="info"><AppenderRef ref="STDOUT"/></Root>
   </Loggers>
 </Configuration>

@@ -3,7 +3,7 @@
     uv run python bench/serve_latency.py                       # ResNet18 and ResNet50 at 224 px, random weights
     uv run python bench/serve_latency.py --model-dir DIR       # a trained model directory
 
-Measures, in one run:
+Measures, in one run (the server first answers --warmup requests, as a live endpoint has):
   * in process: decode + preprocess + forward of one 640x480 photo at a time (latency), and the best
     images/s of batch 1 or batch 8 (the "best in-process throughput");
   * the server (multi-model-server + our handler, default settings) with 1 and 8 concurrent
@@ -166,7 +166,9 @@ def measure(args, backbone: str) -> dict:
         bare = InProcess(model_dir)
         process, port = start_server(model_dir, Path(scratch) / "serve.log")
         try:
-            load(port, images, 1, 5)  # connection set-up and any first-request effects
+            # A server as an endpoint has it after its first minutes: the Java frontend compiles its request
+            # path after a few hundred requests (before that, about 1.5-2 ms more per request here).
+            load(port, images, 8, args.warmup)
             for _ in range(args.rounds):
                 local["latency"] += [bare.latency(images[i % len(images)]) for i in range(n)]
                 served["c1"] += load(port, images, 1, n)["latencies"]
@@ -206,6 +208,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2 if os.environ.get("BENCH_SHORT") == "1" else 4,
                         help="measurements are interleaved in rounds so that load from other programs hits both sides")
     parser.add_argument("--per-round", type=int, default=8, help="requests per measurement and round")
+    parser.add_argument("--warmup", type=int, default=300 if os.environ.get("BENCH_SHORT") == "1" else 1000,
+                        help="requests (8 clients) before measuring, so the frontend's JIT has compiled its path")
     args = parser.parse_args()
     backbones = [str(args.model_dir)] if args.model_dir else args.backbones.split(",")
     load_before = os.getloadavg()[0]

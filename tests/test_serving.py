@@ -461,7 +461,8 @@ def test_timing_log_gives_each_stage_of_a_request(server, photo_bytes):
         return re.findall(r"timing requests=1 (start=.*)", server.log())
 
     before = len(timing_lines())
-    assert server.invoke(photo_bytes["chelsea"], "image/jpeg").status == 200
+    reply = server.invoke(photo_bytes["chelsea"], "image/jpeg")
+    assert reply.status == 200 and "server-timing" not in reply.headers  # only with IMGCLS_SERVER_TIMING=1
     deadline = time.monotonic() + 10
     while len(timing_lines()) == before and time.monotonic() < deadline:
         time.sleep(0.2)  # the frontend logs the worker's lines asynchronously
@@ -595,13 +596,18 @@ def test_a_lone_request_never_waits_for_a_batch_and_concurrent_ones_still_batch(
     import concurrent.futures
 
     server = start_server(trained_model_dir, tmp_path, IMGCLS_MAX_BATCH_DELAY_MS="400", IMGCLS_BATCH_SIZE="8",
-                          IMGCLS_TIMING_LOG="1", SAGEMAKER_MODEL_SERVER_WORKERS="1")
+                          IMGCLS_TIMING_LOG="1", IMGCLS_SERVER_TIMING="1", SAGEMAKER_MODEL_SERVER_WORKERS="1")
     photo = photo_bytes["chelsea"]
 
     def timed() -> float:
         started = time.monotonic()
-        assert server.invoke(photo, "image/jpeg").status == 200
-        return time.monotonic() - started
+        reply = server.invoke(photo, "image/jpeg")
+        took = time.monotonic() - started
+        assert reply.status == 200
+        # IMGCLS_SERVER_TIMING=1: the handler's own time, less than what the client waited
+        handler_ms = float(re.fullmatch(r"handler;dur=([\d.]+)", reply.headers["server-timing"]).group(1))
+        assert 0 < handler_ms < took * 1000
+        return took
 
     def batch_sizes() -> list[int]:
         return [int(n) for n in re.findall(r"timing requests=(\d+) ", server.log())]

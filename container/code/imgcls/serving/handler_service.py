@@ -27,6 +27,9 @@ CUSTOM_ATTRIBUTES_HEADER = "x-amzn-sagemaker-custom-attributes"
 DEFAULT_TOP_K = 5
 PR_SET_PDEATHSIG = 1
 TIMING = [] if os.environ.get("IMGCLS_TIMING_LOG") == "1" else None  # per-batch stage timestamps, on request
+# Answers carry `Server-Timing: handler;dur=<ms>` (decode, forward, encode of their batch), so a
+# client can tell the server's own time from everything around it (bench/serve_latency.py does).
+SERVER_TIMING = os.environ.get("IMGCLS_SERVER_TIMING") == "1"
 
 
 @dataclass(frozen=True)
@@ -101,8 +104,14 @@ class HandlerService:
         # discards (MODEL_METRICS off): without a store it skips that write and the frontend's wake-up.
         context.metrics = None
         self.watchdog.begin(context.request_ids)
+        started = time.perf_counter()
         try:
-            return self._handle(data, context)
+            responses = self._handle(data, context)
+            if SERVER_TIMING:
+                header = f"handler;dur={(time.perf_counter() - started) * 1e3:.2f}"
+                for index in range(len(responses)):
+                    context.set_response_header(index, "Server-Timing", header)
+            return responses
         finally:
             self.watchdog.end()
             if TIMING:

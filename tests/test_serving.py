@@ -634,3 +634,54 @@ def test_a_lone_request_never_waits_for_a_batch_and_concurrent_ones_still_batch(
     # no log line per batch or per /ping (CloudWatch bills every line): the timing log is the opt-in
     log_text = server.log()
     assert "Backend response time" not in log_text and "endpoint took" not in log_text, log_text[-2000:]
+
+
+def _thread_wakeups(pid: int, name_prefix: str) -> int:
+    """Voluntary context switches (each one a sleep, so a later wake-up) of a process's threads named so."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if (task / "comm").read_text().startswith(name_prefix):
+                status = (task / "status").read_text()
+                total += int(re.search(r"voluntary_ctxt_switches:\s+(\d+)", status).group(1))
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
+def test_worker_wait_policy_spins_briefly_unless_the_user_chose_one():
+    from imgcls.serving.server import OPENMP_SPIN_COUNT, worker_openmp_env
+
+    assert worker_openmp_env({}) == {"GOMP_SPINCOUNT": str(OPENMP_SPIN_COUNT)}
+    assert worker_openmp_env({"OMP_WAIT_POLICY": "PASSIVE"}) == {}  # GOMP_SPINCOUNT would override it
+    assert worker_openmp_env({"GOMP_SPINCOUNT": "0"}) == {}
+
+
+def test_nothing_outside_the_model_costs_a_wakeup_per_request(trained_model_dir, tmp_path, photo_bytes):
+    """The request path's fixed cost: the frontend's logging thread sleeps through requests (no per-request
+    line reaches its queue, no timed polling), workers spin briefly between OpenMP regions instead of
+    sleeping (a futex wake per operator), and the frontend's memory is on huge pages where the host allows."""
+    from test_serving_faults import worker_pids
+
+    server = start_server(trained_model_dir, tmp_path, SAGEMAKER_MODEL_SERVER_WORKERS="1")
+    try:
+        wait_for_ping(server, timeout=240)
+        java = next(p for p in server.descendants() if p.name() == "java")
+        for pid in worker_pids(server):
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            assert b"GOMP_SPINCOUNT=10000" in environ and not any(e.startswith(b"OMP_WAIT_POLICY=") for e in environ)
+        thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+        if thp.exists() and "[never]" not in thp.read_text():
+            assert "-XX:+UseTransparentHugePages" in java.cmdline()
+        assert server.invoke(photo_bytes["chelsea"], "image/jpeg").status == 200
+        time.sleep(0.5)
+        before = _thread_wakeups(java.pid, "Log4j2-")
+        started = time.monotonic()
+        for _ in range(60):
+            assert server.invoke(photo_bytes["chelsea"], "image/jpeg").status == 200
+        time.sleep(1.0)
+        wakeups = _thread_wakeups(java.pid, "Log4j2-") - before
+        seconds = time.monotonic() - started
+        assert wakeups < 10, f"the frontend's logging thread woke {wakeups} times in {seconds:.1f} s for 60 requests"
+    finally:
+        stop(server)

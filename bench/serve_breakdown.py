@@ -2,12 +2,14 @@
 (its `Server-Timing` header) against everything outside it, for a small body and a photo-sized one,
 on a fresh server and again after a warm-up (the JVM compiles the frontend's request path).
 
-    uv run python bench/serve_breakdown.py              # ResNet18: 32 px + a 64x48 JPEG, 224 px + a 640x480 JPEG
+    uv run python bench/serve_breakdown.py              # ResNet18: 32 px + a 64x48 and a 640x480 JPEG, 224 px + the 640x480
     uv run python bench/serve_breakdown.py --requests 300
 
 The fixed cost is the client's latency minus the bare in-process pipeline (decode + preprocess +
 forward) on the same bytes; "outside the handler" is, per request, the latency minus the handler's
-time, so it does not carry the forward pass's run-to-run noise.
+time, so it does not carry the forward pass's run-to-run noise. The client is serve_latency's minimal
+keep-alive client; one row repeats the measure with Python's http.client, to show what a heavier
+client adds on its own side.
 """
 from __future__ import annotations
 
@@ -17,13 +19,16 @@ import signal
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-import serve_latency as bench  # noqa: E402  (its OMP setting comes first, before torch loads)
+import serve_latency as bench  # noqa: E402
 from results_file import write_ratios  # noqa: E402
 
-CASES = [("32 px, 64x48 JPEG", 32, (64, 48)), ("224 px, 640x480 JPEG", 224, (640, 480))]
+# The middle case sends the photo to the small model: body size and model size, one at a time.
+CASES = [("32 px, 64x48 JPEG", 32, (64, 48)), ("32 px, 640x480 JPEG", 32, (640, 480)),
+         ("224 px, 640x480 JPEG", 224, (640, 480))]
 
 
 def ms(values: list[float]) -> float:
@@ -39,7 +44,9 @@ def measure(image_size: int, jpeg_size: tuple[int, int], requests: int, warmup: 
             bench.load(port, [body], 1, 20)  # connection set-up
             fresh = bench.load(port, [body], 1, requests)
             bench.load(port, [body], 8, warmup)
+            time.sleep(bench.BATCH_DELAY_WINDOW_SECONDS)
             warm = bench.load(port, [body], 1, requests)
+            heavier_client = bench.load(port, [body], 1, requests, bench.HttpClientConnection)
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
@@ -50,6 +57,7 @@ def measure(image_size: int, jpeg_size: tuple[int, int], requests: int, warmup: 
             "warm server, client p50": ms(warm["latencies"]),
             "warm server, handler p50": ms(warm["latencies"]) - outside,
             "warm server, outside the handler p50": outside,
+            "  the same, http.client as the client": ms(heavier_client["outside"]),
             "in process p50": ms(local), "fixed cost (warm client - in process)": ms(warm["latencies"]) - ms(local)}
 
 

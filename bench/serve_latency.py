@@ -13,18 +13,19 @@ Measures, in one run (the server first answers --warmup requests, as a live endp
     runs with IMGCLS_SERVER_TIMING=1 and answers `Server-Timing: handler;dur=<ms>`): the fixed cost
     without the forward pass's run-to-run noise;
 and prints the ratios next to the issue's goals. Weights do not change the cost, so random ones do.
+
+The bare pipeline runs with torch's own settings (no OpenMP variables), as a user's script would;
+the server's workers run with theirs, so what those cost is part of the fixed cost. Clients are
+`KeepAliveClient`s, a minimal HTTP/1.1 client on a raw socket, as a load generator is: Python's
+http.client spends about a millisecond of its own per request (bench/serve_breakdown.py shows it).
 """
 from __future__ import annotations
-
-import os
-
-# The server's workers run with this OpenMP setting (see imgcls.serving.server); the bare pipeline
-# must too, for a like-for-like comparison. It has to be set before torch loads OpenMP.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import http.client
 import io
+import os
+import socket
 import signal
 import statistics
 import subprocess
@@ -118,7 +119,57 @@ def start_server(model_dir: Path, log_path: Path) -> tuple[subprocess.Popen, int
     raise SystemExit("server not ready after 300 s")
 
 
-def load(port: int, images: list[bytes], concurrency: int, total: int) -> dict:
+class KeepAliveClient:
+    """POST /invocations on one keep-alive connection: a prepared request, then the status, headers and a
+    Content-Length body read back; nothing else (the server answers every request with a Content-Length)."""
+
+    def __init__(self, port: int):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=120)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def post(self, body: bytes, content_type: str = "image/jpeg") -> tuple[int, dict[str, str], bytes]:
+        self.sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: " + content_type.encode()
+                          + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += self._recv()
+        head, _, content = received.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers["content-length"])
+        while len(content) < length:
+            content += self._recv()
+        return int(status_line.split()[1]), headers, content
+
+    def _recv(self) -> bytes:
+        data = self.sock.recv(1 << 20)
+        if not data:
+            raise ConnectionError("the server closed the connection")
+        return data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class HttpClientConnection:
+    """The same through Python's http.client, to show what a heavier client adds."""
+
+    def __init__(self, port: int):
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+
+    def post(self, body: bytes, content_type: str = "image/jpeg") -> tuple[int, dict[str, str], bytes]:
+        self.connection.request("POST", "/invocations", body=body, headers={"Content-Type": content_type})
+        reply = self.connection.getresponse()
+        return reply.status, {k.lower(): v for k, v in reply.getheaders()}, reply.read()
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def load(port: int, images: list[bytes], concurrency: int, total: int, client_class=KeepAliveClient) -> dict:
     """`concurrency` clients, each on its own keep-alive connection, share `total` requests."""
     latencies: list[float] = []
     outside: list[float] = []  # per request: latency minus the handler's own time (its Server-Timing header)
@@ -126,24 +177,22 @@ def load(port: int, images: list[bytes], concurrency: int, total: int) -> dict:
     counter = iter(range(total))
 
     def client():
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        connection = client_class(port)
         while True:
             with lock:
                 index = next(counter, None)
             if index is None:
+                connection.close()
                 return
             started = time.perf_counter()
-            connection.request("POST", "/invocations", body=images[index % len(images)],
-                               headers={"Content-Type": "image/jpeg"})
-            reply = connection.getresponse()
-            reply.read()
+            status, headers, _ = connection.post(images[index % len(images)])
             elapsed = time.perf_counter() - started
-            if reply.status != 200:
-                raise RuntimeError(f"HTTP {reply.status}")
-            if reply.getheader("connection", "").lower() == "close":
+            if status != 200:
+                raise RuntimeError(f"HTTP {status}")
+            if headers.get("connection", "").lower() == "close":
                 connection.close()
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-            timing = reply.getheader("server-timing", "")
+                connection = client_class(port)
+            timing = headers.get("server-timing", "")
             with lock:
                 latencies.append(elapsed)
                 if timing.startswith("handler;dur="):
@@ -157,6 +206,11 @@ def load(port: int, images: list[bytes], concurrency: int, total: int) -> dict:
         thread.join()
     wall = time.perf_counter() - started
     return {"latencies": latencies, "outside": outside, "rate": len(latencies) / wall}
+
+
+# After overlapping requests the server lets batches wait for company for 1 s (BatchDelay.java): a
+# one-at-a-time measurement starts after that, or its first requests would each wait up to 5 ms.
+BATCH_DELAY_WINDOW_SECONDS = 1.2
 
 
 def measure(args, backbone: str) -> dict:
@@ -176,6 +230,7 @@ def measure(args, backbone: str) -> dict:
             # A server as an endpoint has it after its first minutes: the Java frontend compiles its request
             # path after a few hundred requests (before that, about 1.5-2 ms more per request here).
             load(port, images, 8, args.warmup)
+            time.sleep(BATCH_DELAY_WINDOW_SECONDS)
             for _ in range(args.rounds):
                 local["latency"] += [bare.latency(images[i % len(images)]) for i in range(n)]
                 at_1 = load(port, images, 1, n)
@@ -185,6 +240,7 @@ def measure(args, backbone: str) -> dict:
                 at_8 = load(port, images, 8, 2 * n)
                 served["c8"] += at_8["latencies"]
                 served["c8_rate"].append(at_8["rate"])
+                time.sleep(BATCH_DELAY_WINDOW_SECONDS)
                 local["small"] += [bare.latency(small) for _ in range(n // 2)]
                 local["large"] += [bare.latency(large) for _ in range(n // 2)]
                 served["small"] += load(port, [small], 1, n // 2)["latencies"]

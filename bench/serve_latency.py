@@ -98,9 +98,9 @@ class InProcess:
         return time.perf_counter() - started
 
 
-def start_server(model_dir: Path, log_path: Path) -> tuple[subprocess.Popen, int]:
+def start_server(model_dir: Path, log_path: Path, settings: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
     port = free_local_port()
-    env = {**os.environ, "IMGCLS_BIND_HOST": "127.0.0.1", "IMGCLS_SERVER_TIMING": "1"}
+    env = {**os.environ, "IMGCLS_BIND_HOST": "127.0.0.1", "IMGCLS_SERVER_TIMING": "1", **(settings or {})}
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "imgcls.serving.server", "--model-dir", str(model_dir),  # noqa: S603 - our own server, fixed argv
                                     "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -17,7 +17,7 @@ and prints the ratios next to the issue's goals. Weights do not change the cost,
 The bare pipeline runs with torch's own settings (no OpenMP variables), as a user's script would;
 the server's workers run with theirs, so what those cost is part of the fixed cost. Clients are
 `KeepAliveClient`s, a minimal HTTP/1.1 client on a raw socket, as a load generator is: Python's
-http.client spends about a millisecond of its own per request (bench/serve_breakdown.py shows it).
+http.client spends 0.1-1.4 ms of its own per request here (bench/serve_breakdown.py shows it).
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ import argparse
 import http.client
 import io
 import os
-import socket
 import signal
+import socket
 import statistics
 import subprocess
 import sys

@@ -662,6 +662,7 @@ def test_nothing_outside_the_model_costs_a_wakeup_per_request(trained_model_dir,
     line reaches its queue, no timed polling), workers spin briefly between OpenMP regions instead of
     sleeping (a futex wake per operator), the frontend's memory is on huge pages where the host allows,
     and its JIT stops at the quick compiler (the optimising one took a core for 10+ ms at a time)."""
+    from imgcls.serving.server import OPENMP_SPIN_COUNT
     from test_serving_faults import worker_pids
 
     server = start_server(trained_model_dir, tmp_path, SAGEMAKER_MODEL_SERVER_WORKERS="1")
@@ -670,7 +671,7 @@ def test_nothing_outside_the_model_costs_a_wakeup_per_request(trained_model_dir,
         java = next(p for p in server.descendants() if p.name() == "java")
         for pid in worker_pids(server):
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            assert b"GOMP_SPINCOUNT=10000" in environ and not any(e.startswith(b"OMP_WAIT_POLICY=") for e in environ)
+            assert f"GOMP_SPINCOUNT={OPENMP_SPIN_COUNT}".encode() in environ and not any(e.startswith(b"OMP_WAIT_POLICY=") for e in environ)
         assert "-XX:TieredStopAtLevel=1" in java.cmdline()
         thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
         if thp.exists() and "[never]" not in thp.read_text():

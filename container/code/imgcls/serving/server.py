@@ -187,10 +187,10 @@ def frontend_jvm_args(vm_args: str) -> list[str]:
     model workers. Huge pages for heap and compiled code where the kernel offers them: a request's
     path through the frontend runs after a forward pass has flushed the CPU caches, and on huge pages
     it costs fewer TLB misses (about 0.5 ms less per request here while the machine was busy, no
-    difference on a quiet one). JIT compilation stops at the quick
-    compiler (C1): the frontend does microseconds of work per request, and the optimising compiler
-    kept recompiling it long after warm-up, taking a core for 10+ ms at a time from the forward pass
-    (ResNet18 at 224 px, concurrency 1, busy machine: 47.0 ms against 54.6 ms per request; quiet: even).
+    difference on a quiet one). JIT compilation stops at the quick compiler (C1): the frontend does
+    microseconds of work per request, and the optimising compiler kept recompiling it long after
+    warm-up, taking a core for 10+ ms at a time from the forward pass (ResNet18 at 224 px,
+    concurrency 1, busy machine: 47.0 ms against 54.6 ms per request; quiet: even).
     """
     args = [LOG4J_WAIT_STRATEGY, "-XX:TieredStopAtLevel=1"]
     if "-Xmx" not in vm_args:

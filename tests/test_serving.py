@@ -688,3 +688,25 @@ def test_nothing_outside_the_model_costs_a_wakeup_per_request(trained_model_dir,
         assert wakeups < 10, f"the frontend's logging thread woke {wakeups} times in {seconds:.1f} s for 60 requests"
     finally:
         stop(server)
+
+
+def test_an_answer_leaves_without_a_hand_off_to_the_batch_thread(trained_model_dir, tmp_path, photo_bytes):
+    """The frontend's thread that feeds the worker batches is not on the way back: the backend
+    connection's event loop sends the answer itself. That thread sleeps twice per lone request (for
+    the request, then until the answer is out), not three times (also until its write was done)."""
+    server = start_server(trained_model_dir, tmp_path, SAGEMAKER_MODEL_SERVER_WORKERS="1")
+    try:
+        wait_for_ping(server, timeout=240)
+        java = next(p for p in server.descendants() if p.name() == "java")
+        assert server.invoke(photo_bytes["chelsea"], "image/jpeg").status == 200
+        time.sleep(1.5)  # past the batch-delay window (BatchDelay.java)
+        before = _thread_wakeups(java.pid, "W-")
+        requests = 40
+        for _ in range(requests):
+            response = server.invoke(photo_bytes["chelsea"], "image/jpeg")
+            assert response.status == 200 and response.json()[0]["label"]
+        time.sleep(0.5)
+        per_request = (_thread_wakeups(java.pid, "W-") - before) / requests
+        assert per_request <= 2.2, f"the batch thread slept {per_request:.2f} times per request"
+    finally:
+        stop(server)

@@ -5,7 +5,8 @@ that changes in the machine's speed during the run hit every variant alike.
     uv run python bench/serve_settings.py --image-size 32 --backbone resnet18
     uv run python bench/serve_settings.py --variant defaults: --variant "passive:OMP_WAIT_POLICY=PASSIVE"
 
-A variant is NAME:ENV=VALUE;ENV=VALUE (environment settings of `serve`; NAME: alone is the defaults).
+A variant is NAME:ENV=VALUE;ENV=VALUE (environment settings of `serve`; NAME: alone is the defaults);
+in a value, {stock-worker-thread} stands for a frontend class-path folder with MMS's own WorkerThread.
 Per variant: client p50 one request at a time, the part of it outside the handler (its Server-Timing),
 and requests/s with 8 concurrent clients; then each variant's figures against the first one's.
 """
@@ -25,11 +26,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 import serve_latency as bench  # noqa: E402
 from results_file import write_ratios  # noqa: E402
 
+from imgcls.serving.readiness import PREBUILT_ENV, SOURCES, build_plugin  # noqa: E402
+from imgcls.serving.server import MMS_JARS  # noqa: E402
+
+# Stands in a variant's value for a class-path folder built without our WorkerThread.java, so that
+# the frontend runs MMS's own worker thread (the answer hand-off and the write wait).
+STOCK_WORKER_THREAD = "{stock-worker-thread}"
 # What the defaults chose, each against the setting it replaced (SAGEMAKER_MODEL_SERVER_VMARGS comes
 # after serve's own JVM options, so it can undo one).
 DEFAULT_VARIANTS = ["defaults:", "sleeping OpenMP threads:OMP_WAIT_POLICY=PASSIVE",
                     "optimising JIT (C2):SAGEMAKER_MODEL_SERVER_VMARGS=-XX:TieredStopAtLevel=4",
-                    "no huge pages:SAGEMAKER_MODEL_SERVER_VMARGS=-XX:-UseTransparentHugePages"]
+                    "no huge pages:SAGEMAKER_MODEL_SERVER_VMARGS=-XX:-UseTransparentHugePages",
+                    f"MMS's worker thread:{PREBUILT_ENV}={STOCK_WORKER_THREAD}"]
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:
@@ -41,6 +49,13 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
             raise SystemExit(f"variant {text!r}: {item!r} is not ENV=VALUE")
         env[key.strip()] = value
     return name.strip() or "defaults", env
+
+
+def stock_worker_thread_folder(dest: Path) -> str:
+    sources = [source for source in SOURCES if Path(source).name != "WorkerThread.java"]
+    if build_plugin(MMS_JARS, dest, sources=sources) is None:
+        raise SystemExit("the variant with MMS's worker thread needs javac (make setup installs a JDK)")
+    return str(dest)
 
 
 def main() -> None:
@@ -62,6 +77,9 @@ def main() -> None:
         model_dir = bench.make_model_dir(Path(scratch), args.backbone, args.image_size)
         try:
             for index, (name, env) in enumerate(variants):
+                if STOCK_WORKER_THREAD in env.values():
+                    folder = stock_worker_thread_folder(Path(scratch) / "stock-worker-thread")
+                    env = {key: value.replace(STOCK_WORKER_THREAD, folder) for key, value in env.items()}
                 servers[name] = bench.start_server(model_dir, Path(scratch) / f"serve-{index}.log", env)
             for _, port in servers.values():
                 bench.load(port, [body], 8, args.warmup)

@@ -1,5 +1,6 @@
-"""Builds our MMS class-path folder: the /ping readiness plugin (java/ReadinessPing.java) and a fixed
-worker-reply decoder (java/ModelResponseDecoder.java).
+"""Builds our MMS class-path folder from java/: the /ping readiness plugin (ReadinessPing.java), our
+own classes (ConnectionGuard, BatchDelay) and the ones that replace MMS 1.1.11's classes of the same
+name, being first on the class path (ModelResponseDecoder, ServerInitializer, WorkerThread).
 
 MMS loads endpoint plugins with Java's ServiceLoader from its class path, and a plugin registered
 for "ping" takes precedence over the built-in handler, which answers 200 before any model is loaded.
@@ -14,7 +15,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SOURCES = sorted(str(p) for p in (Path(__file__).with_name("java")).glob("*.java"))  # plugin + decoder fix
+SOURCES = sorted(str(p) for p in (Path(__file__).with_name("java")).glob("*.java"))
 PLUGIN_CLASS = "imgcls.serving.ReadinessPing"
 SERVICE_FILE = "META-INF/services/software.amazon.ai.mms.servingsdk.ModelServerEndpoint"
 
@@ -30,14 +31,15 @@ def plugin_class_path(mms_jar_glob: str, scratch: Path) -> Path | None:
     return build_plugin(mms_jar_glob, scratch)
 
 
-def build_plugin(mms_jar_glob: str, dest: Path, javac: str | None = None) -> Path | None:
-    """Compile the plugin into `dest` (a class-path folder); None when no JDK compiler is installed."""
+def build_plugin(mms_jar_glob: str, dest: Path, javac: str | None = None, sources: list[str] = SOURCES) -> Path | None:
+    """Compile the plugin into `dest` (a class-path folder); None when no JDK compiler is installed.
+    `sources` defaults to all of java/ (a benchmark leaves one out to compare with MMS's own class)."""
     javac = javac or shutil.which("javac")
     if javac is None:
         log.warning("javac not found: /ping falls back to MMS's own check, which answers 200 before the model is loaded")
         return None
     dest.mkdir(parents=True, exist_ok=True)
-    subprocess.run([javac, "--release", "11", "-nowarn", "-d", str(dest), "-cp", mms_jar_glob, *SOURCES],  # noqa: S603 - javac on our own sources
+    subprocess.run([javac, "--release", "11", "-nowarn", "-d", str(dest), "-cp", mms_jar_glob, *sources],  # noqa: S603 - javac on our own sources
                    check=True, capture_output=True, text=True)
     service = dest / SERVICE_FILE
     service.parent.mkdir(parents=True, exist_ok=True)

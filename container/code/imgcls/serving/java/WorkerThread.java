@@ -37,11 +37,13 @@ import org.slf4j.LoggerFactory;
  * 1.1.11's class of the same name, with the same public surface and life cycle, but for two things.
  *
  * <p>The answer path: MMS queued each answer for this thread, which then woke up to send it, and
- * this thread also woke up once more per batch to see its request written, two thread hand-offs per
- * request that do no work of their own (with 8 clients on 2 cores they cost about 7% of the
- * throughput of a small model). Here the backend connection's event loop sends the answers as soon
- * as it has decoded them, a failed write closes the connection (which ends this thread's wait), and
- * this thread wakes once per batch, to take the next one.
+ * this thread also woke up once more per batch to see its request written: two thread wake-ups per
+ * request that do no work of their own (their latency cost was within the noise on a 2-core machine,
+ * bench/serve_settings.py). Here the backend connection's event loop sends the answers as soon as it
+ * has decoded them, a failed write closes the connection (which ends this thread's wait), and this
+ * thread wakes only to take the next batch and to see the last one answered. An answer that comes
+ * after its batch failed is dropped (MMS left it queued, where its next run could take it for the
+ * answer to its first request).
  *
  * <p>Restarts: the first restart of a worker that died is immediate (see RESTART_DELAY_SECONDS).
  */

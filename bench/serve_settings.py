@@ -77,7 +77,7 @@ def main() -> None:
         model_dir = bench.make_model_dir(Path(scratch), args.backbone, args.image_size)
         try:
             for index, (name, env) in enumerate(variants):
-                if STOCK_WORKER_THREAD in env.values():
+                if any(STOCK_WORKER_THREAD in value for value in env.values()):
                     folder = stock_worker_thread_folder(Path(scratch) / "stock-worker-thread")
                     env = {key: value.replace(STOCK_WORKER_THREAD, folder) for key, value in env.items()}
                 servers[name] = bench.start_server(model_dir, Path(scratch) / f"serve-{index}.log", env)

@@ -203,3 +203,36 @@ def test_the_backend_imports_torch_for_the_worker_listener_only(tmp_path, script
     done = subprocess.run([str(backend), str(probe), "--sock-type", "unix"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"{imports_torch} ['--sock-type', 'unix']"
+
+
+def test_worker_restarts_leave_no_threads_or_descriptors_behind(trained_model_dir, tmp_path):
+    """Each worker writes its output to two pipes that the frontend reads with a thread each; MMS kept
+    a dead worker's readers and pipe ends for good (two threads and two descriptors per restart)."""
+    import signal as signals
+
+    server = start_server(trained_model_dir, tmp_path, SAGEMAKER_MODEL_SERVER_WORKERS="1")
+    try:
+        wait_for_ping(server, timeout=240)
+        java = next(p for p in server.descendants() if p.name() == "java")
+
+        def kill_worker_and_wait() -> None:
+            (victim,) = worker_pids(server)
+            os.kill(victim, signals.SIGKILL)
+            deadline = time.monotonic() + 120
+            while not worker_pids(server) - {victim}:
+                assert time.monotonic() < deadline, "no replacement worker"
+                time.sleep(0.05)
+            wait_for_ping(server, timeout=120)
+            time.sleep(1.0)  # the replacement's readers are attached once its model has loaded
+
+        def readers() -> int:  # named W-<model>-<n>-stdout/-stderr ("W-model-1-stdou" once the kernel cuts it)
+            return sum(Path(f"/proc/{java.pid}/task/{t.id}/comm").read_text().startswith("W-model-") for t in java.threads())
+
+        kill_worker_and_wait()  # the first restart starts the frontend's restart machinery (its pool thread)
+        threads, files = readers(), java.num_fds()
+        for _ in range(3):
+            kill_worker_and_wait()
+        assert readers() == threads, f"output readers: {threads} -> {readers()} after 3 restarts"
+        assert java.num_fds() <= files, f"open descriptors: {files} -> {java.num_fds()} after 3 restarts"
+    finally:
+        stop(server)

@@ -193,7 +193,8 @@ public class WorkerThread implements Runnable {
         setState(WorkerState.WORKER_MODEL_LOADED, HttpResponseStatus.OK);
         String message = reply.getMessage();
         lifeCycle.setPid(Integer.parseInt(message.substring(message.indexOf("[PID]:") + 6)));
-        // The worker's output goes to files named after the connection; they are read back into the log.
+        // The worker writes its output to two pipes named after the connection, read back into the log.
+        releaseWorkerOutput(); // the last worker's, whose output has been read by now
         String prefix = System.getProperty("java.io.tmpdir") + '/' + backendChannel.id().asLongText();
         stdout = new RandomAccessFile(prefix + "-stdout", "rw");
         stderr = new RandomAccessFile(prefix + "-stderr", "rw");
@@ -243,6 +244,26 @@ public class WorkerThread implements Runnable {
             throw new WorkerInitializationException("Worker failed to initialize within " + CONNECT_TIMEOUT_MINUTES + " mins");
         }
         running.set(true);
+    }
+
+    /**
+     * Stops the readers of a worker's output and closes our ends of its pipes. MMS kept them for good:
+     * as it opens the pipes read-write, its readers never see an end of file, and each restart left
+     * two threads and two descriptors behind.
+     */
+    private void releaseWorkerOutput() {
+        lifeCycle.terminateIOStreams();
+        for (RandomAccessFile pipe : new RandomAccessFile[] {stdout, stderr}) {
+            try {
+                if (pipe != null) {
+                    pipe.close(); // a reader blocked in read() ends here
+                }
+            } catch (IOException e) {
+                logger.error("Failed to close IO file handles", e);
+            }
+        }
+        stdout = null;
+        stderr = null;
     }
 
     private static void stopProcess(Process process) {
@@ -296,17 +317,7 @@ public class WorkerThread implements Runnable {
             connector.clean();
         }
         logger.debug("Terminating IOStreams for worker thread shutdown");
-        lifeCycle.terminateIOStreams();
-        try {
-            if (stdout != null) {
-                stdout.close();
-            }
-            if (stderr != null) {
-                stderr.close();
-            }
-        } catch (IOException e) {
-            logger.error("Failed to close IO file handles", e);
-        }
+        releaseWorkerOutput();
         Thread thread = currentThread.getAndSet(null);
         if (thread != null) {
             thread.interrupt();

@@ -25,6 +25,8 @@ def _add(tf: tarfile.TarFile, name: str, kind=tarfile.REGTYPE, data: bytes = b""
     tf.addfile(info, io.BytesIO(data) if data else None)
 
 
+CHAIN_TARGET = "/tmp/imgcls-link-chain.txt"
+
 # name -> members; each archive must be refused as a whole
 HOSTILE = {
     "symlink_absolute": [("evil", tarfile.SYMTYPE, b"", "/etc/passwd")],
@@ -35,6 +37,16 @@ HOSTILE = {
     "fifo": [("pipe", tarfile.FIFOTYPE, b"", "")],
     "traversal": [("../escaped.txt", tarfile.REGTYPE, b"x", "")],
     "absolute": [("/tmp/imgcls-absolute.txt", tarfile.REGTYPE, b"x", "")],
+    # each link looks inside while nothing exists on disk; together they climb to / and w is written through them
+    "link_chain": [("l0", tarfile.SYMTYPE, b"", "."),
+                   *((f"l{i}", tarfile.SYMTYPE, b"", f"l{i - 1}/..") for i in range(1, 30)),
+                   ("w", tarfile.SYMTYPE, b"", f"l29{CHAIN_TARGET}"),
+                   ("w", tarfile.REGTYPE, b"written through a link chain", "")],
+    "link_replaced_by_file": [("m", tarfile.SYMTYPE, b"", "."), ("m", tarfile.REGTYPE, b"x", "")],
+    "link_replaced_by_dir": [("m", tarfile.SYMTYPE, b"", "."), ("m", tarfile.DIRTYPE, b"", "")],
+    "link_climbs_later": [("a", tarfile.SYMTYPE, b"", "x/.."), ("x", tarfile.SYMTYPE, b"", ".")],
+    "hardlink_to_link": [("s", tarfile.SYMTYPE, b"", "."), ("d/h", tarfile.LNKTYPE, b"", "s")],
+    "link_loop": [("p", tarfile.SYMTYPE, b"", "q"), ("q", tarfile.SYMTYPE, b"", "p"), ("r", tarfile.SYMTYPE, b"", "p/x")],
 }
 
 
@@ -75,6 +87,21 @@ def check_hostile_archives_are_refused(tmp: Path) -> None:
             raise AssertionError(f"{kind}: extracted, should have been refused")
         assert not list(dest.iterdir()), f"{kind}: wrote {list(dest.iterdir())}"
     assert not (tmp / "escaped.txt").exists() and not Path("/tmp/imgcls-absolute.txt").exists()
+    assert not Path(CHAIN_TARGET).exists(), f"{CHAIN_TARGET} was written through the archive's links"
+
+
+def check_archive_links_inside_are_kept(tmp: Path) -> None:
+    """Links that stay inside the archive, and hard links to its files, still extract."""
+    from imgcls.archives import safe_extract_tar
+    path = tmp / "links.tar.gz"
+    with tarfile.open(path, "w:gz") as tf:
+        _add(tf, "code/inference.py", data=b"print(1)")
+        _add(tf, "current", tarfile.SYMTYPE, linkname="code")
+        _add(tf, "code/up", tarfile.SYMTYPE, linkname="../current/inference.py")
+        _add(tf, "copy.py", tarfile.LNKTYPE, linkname="code/inference.py")
+    dest = safe_extract_tar(path, tmp / "out")
+    assert (dest / "current" / "inference.py").read_bytes() == b"print(1)"
+    assert (dest / "code" / "up").read_bytes() == b"print(1)" and (dest / "copy.py").read_bytes() == b"print(1)"
 
 
 def check_model_archive_loads_and_predicts(tmp: Path) -> None:
@@ -111,7 +138,7 @@ def check_requests_decode(tmp: Path) -> None:
             raise AssertionError(f"{content_type}: a broken body was decoded")
 
 
-CHECKS = [check_hostile_archives_are_refused, check_model_archive_loads_and_predicts, check_requests_decode]
+CHECKS = [check_hostile_archives_are_refused, check_archive_links_inside_are_kept, check_model_archive_loads_and_predicts, check_requests_decode]
 
 
 def main() -> int:

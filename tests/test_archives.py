@@ -60,3 +60,26 @@ def test_the_script_runs_without_pytest(tmp_path):
     import subprocess
     proc = subprocess.run([sys.executable, image_checks.__file__], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and f"image checks: {len(image_checks.CHECKS)} passed" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.skipif(not hasattr(tarfile, "data_filter"), reason="this Python has no extraction filter")
+def test_a_refusal_by_pythons_filter_is_our_one_line_error(monkeypatch, tmp_path):
+    """Should the filter refuse what our checks let through, the user still gets one line, not a traceback."""
+    import imgcls.archives as archives
+    monkeypatch.setattr(archives._ArchiveTree, "check", lambda self, member: None)
+    monkeypatch.setattr(archives, "_inside", lambda root, name: root)
+    archive = image_checks.hostile_archive(tmp_path / "model.tar.gz", "symlink_out")
+    with pytest.raises(UserError, match=r"could not be extracted \('evil' would link to") as refused:
+        safe_extract_tar(archive, tmp_path / "out")
+    assert "\n" not in str(refused.value)
+
+
+def test_a_huge_member_name_is_shown_bounded(tmp_path):
+    path = tmp_path / "model.tar.gz"
+    with tarfile.open(path, "w:gz", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo("x" * 5000)
+        info.type = tarfile.FIFOTYPE
+        tf.addfile(info)
+    with pytest.raises(UserError, match="is a device, fifo") as refused:
+        safe_extract_tar(path, tmp_path / "out")
+    assert len(str(refused.value)) < 300

@@ -179,22 +179,60 @@ def _feed(detector, losses_per_check, per_check=8, epoch=0):
 
 def test_divergence_detector_catches_a_finite_blow_up_and_spares_healthy_runs():
     from imgcls.divergence import DivergenceDetector
-    # the run of issue 7: --lr 10 --optimizer sgd, loss 1.46 -> 1399 -> 2.5e4 -> ... 4.6e15
-    reason = _feed(DivergenceDetector(), [1.46, 1399, 2.5e4, 7.7e6, 4.8e7, 1.3e9])
-    assert reason and "starting level 1.46" in reason and "3 consecutive checks" in reason
-    assert _feed(DivergenceDetector(), [1.4, float("nan")]).startswith("loss is not finite")
-    assert _feed(DivergenceDetector(), [4.9, 4.1, 3.6, 6.0, 3.1, 2.5, 2.7, 1.9] * 20) is None  # noisy but healthy
-    assert _feed(DivergenceDetector(), [1.4, 30, 1.3, 30, 1.2, 30, 1.1] * 5) is None  # isolated spikes
-    assert _feed(DivergenceDetector(), [0.0001, 0.01, 0.02, 0.03, 0.02]) is None  # a near-zero start is floored
+    # the run of issue 7: --lr 10 --optimizer sgd, loss 1.46 -> 1399 -> 2.5e4 -> ... 4.6e15: 1399 is a runaway at once
+    reason = _feed(DivergenceDetector(4), [1.46, 1399, 2.5e4, 7.7e6, 4.8e7, 1.3e9])
+    assert reason == "train loss 1399, 1.01e+03x the chance level 1.39 (ln 4)", reason
+    assert _feed(DivergenceDetector(4), [1.4, float("nan")]).startswith("train loss is not finite")
+    assert _feed(DivergenceDetector(4), [4.9, 4.1, 3.6, 6.0, 3.1, 2.5, 2.7, 1.9] * 20) is None  # noisy but healthy
+    assert _feed(DivergenceDetector(4), [1.4, 30, 1.3, 30, 1.2, 30, 1.1] * 5) is None  # isolated spikes
+    assert _feed(DivergenceDetector(4), [0.0001, 0.01, 0.02, 0.03, 0.02]) is None  # a near-zero start is floored
+    assert _feed(DivergenceDetector(4), [1.4, 2.5, 6.0, 9.0, 5.0, 2.0, 1.2, 0.8, 0.5]) is None  # rises, then recovers
+    grows = _feed(DivergenceDetector(4), [1.4, 30, 30, 30])
+    assert grows and "above 13.86" in grows and "3 consecutive checks" in grows, grows
+
+
+def test_a_run_that_starts_diverged_is_judged_against_chance():
+    """The first check was the baseline: a run diverged from its first interval was compared with itself."""
+    from imgcls.divergence import DivergenceDetector
+    reason = _feed(DivergenceDetector(3), [60.0, 70.0, 80.0, 90.0])
+    assert reason and "above 10.99" in reason and "chance level 1.1, ln 3" in reason, reason
+
+
+def test_validation_far_above_chance_at_chance_accuracy_is_divergence():
+    from imgcls.divergence import DivergenceDetector
+    detector = DivergenceDetector(3)
+    assert detector.check_validation(1.4e12, 0.33).startswith("valid loss 1.4e+12, ")
+    assert detector.check_validation(float("inf"), 0.9) == "valid loss is not finite (inf)"
+    assert detector.check_validation(15.0, 0.34) is not None  # 13.7x chance, chance accuracy
+    assert detector.check_validation(15.0, 0.8) is None  # confident mistakes of a model that is mostly right: overfitting
+    assert detector.check_validation(1.2, 0.3) is None  # near chance: an early, slow start
 
 
 def test_divergence_state_survives_a_checkpoint_round_trip():
     from imgcls.divergence import DivergenceDetector
-    before = DivergenceDetector()
+    before = DivergenceDetector(4)
     assert _feed(before, [1.5, 40, 50]) is None  # two checks over the limit
-    after = DivergenceDetector()
+    after = DivergenceDetector(4)
     after.load_state_dict(before.state_dict())
     assert after.update(0, 1.5 * 8 + 40 * 8 + 50 * 8 + 60 * 8, 32) is not None  # the third, after a resume
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_the_largest_lr_fails_a_one_epoch_job_at_the_default_log_interval(tmp_path, tiny_dataset, optimizer):
+    """--lr 10 (the most the CLI allows): the job used to "finish" with a 1e12 valid loss, exit 0 and a model."""
+    args = [a for a in TINY_ARGS]
+    del args[args.index("--log-interval"):args.index("--log-interval") + 2]  # the default interval (20 > 3 steps)
+    proc = run_imgcls("train", "--data", tiny_dataset, "--model-dir", tmp_path / "model", "--output-dir", tmp_path / "output",
+                      *args, "--epochs", "1", "--lr", "10", "--optimizer", optimizer, check=False)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    reason = (tmp_path / "output" / "failure").read_text()
+    assert "\n" not in reason and reason.startswith("training diverged at epoch 1 "), reason
+    assert "chance level 1.1" in reason and "no model was written" in reason, reason
+    assert "learning rate too high (lr 10)? try --lr 0.001 (in a SageMaker job: lr 0.001)" in reason, reason
+    assert f"training failed: {reason}" in proc.stderr or reason in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "model" / "model.pt").exists()
+    data = tmp_path / "output" / "data"
+    assert (data / "insights.json").is_file() and (data / "report.html").is_file()  # a failed run is when they matter
 
 
 def test_diverged_run_with_a_finite_loss_fails_and_writes_no_model(tmp_path, tiny_dataset):
@@ -202,7 +240,7 @@ def test_diverged_run_with_a_finite_loss_fails_and_writes_no_model(tmp_path, tin
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     reason = (tmp_path / "output" / "failure").read_text()
     assert reason.startswith("training diverged at epoch "), reason
-    assert "starting level" in reason and "lower lr (now 10.0)" in reason and "no model was written" in reason
+    assert "chance level" in reason and "(lr 10)" in reason and "no model was written" in reason
     assert not (tmp_path / "model").exists()
 
 

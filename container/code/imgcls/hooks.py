@@ -74,21 +74,40 @@ class ProgressHook(Hook):
 
 
 class DivergenceGuard(Hook):
-    """Stops a run whose loss runs away from its starting level, finite or not; no model is written then."""
+    """Stops a run whose training or validation loss runs away, finite or not; no model is written then.
 
-    def __init__(self):
+    The reason has no "=": failure reasons are escaped so that they never read as metric lines.
+
+    It sits after the history writer, so the epoch that diverged is in history.json and the insights report.
+    """
+
+    def __init__(self, num_classes: int):
         from .divergence import DivergenceDetector
-        self.detector = DivergenceDetector()
+        self.detector = DivergenceDetector(num_classes)
 
     def after_step(self, loop: LoopState) -> None:
         if not loop.at_interval:
             return
         loop.sync()
-        diverged = self.detector.update(loop.epoch, loop.partial["loss"], loop.partial["seen"])
-        if diverged:
-            hp = loop.hp
-            raise UserError(f"training diverged at epoch {loop.epoch + 1} step {loop.step}: {diverged}; no model was written; "
-                            f"lower lr (now {hp.lr}{f', head-lr {hp.head_lr}' if hp.head_lr else ''})")
+        self._stop_if(loop, self.detector.update(loop.epoch, loop.partial["loss"], loop.partial["seen"]),
+                      f"epoch {loop.epoch + 1} step {loop.step}")
+
+    def after_epoch(self, loop: LoopState) -> None:
+        row = loop.history[-1]
+        self._stop_if(loop, self.detector.check_validation(row["valid_loss"], row["valid_accuracy"]),
+                      f"epoch {row['epoch']} validation")
+
+    @staticmethod
+    def _stop_if(loop: LoopState, diverged: str | None, where: str) -> None:
+        if not diverged:
+            return
+        from .divergence import suggested_lr
+        from .hyperparams import FIELDS
+        hp = loop.hp
+        now = f"lr {hp.lr:g}" + (f", head-lr {hp.head_lr:g}" if hp.head_lr else "")
+        try_lr = f"{suggested_lr(hp.lr, FIELDS['lr'].default):g}"
+        raise UserError(f"training diverged at {where}: {diverged}; no model was written; "
+                        f"learning rate too high ({now})? try --lr {try_lr} (in a SageMaker job: lr {try_lr})")
 
     def state_dict(self) -> dict:
         return self.detector.state_dict()

@@ -195,7 +195,7 @@ def train(hp: HyperParameters, paths: JobPaths) -> dict:
                      loaders={"train": train_loader, "valid": valid_loader}, timeline=timeline, timer=StepTimer())
     best = BestWeights(hp.early_stopping_patience)
     collect, judge = insight_hooks(hp, paths)  # first, so its rules speak before the loop's own checks
-    hooks = Hooks([*collect, ProgressHook(), DivergenceGuard(), best, MetricLines(), HistoryWriter(paths.output_data_dir)])
+    hooks = Hooks([*collect, ProgressHook(), best, MetricLines(), HistoryWriter(paths.output_data_dir), DivergenceGuard(len(names))])
     if paths.tensorboard_dir is not None:
         hooks.append(TensorBoardHook(paths.tensorboard_dir))
     hooks += judge

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset, Sampler
 from .errors import UserError
 from .imaging import load_rgb
 from .metrics import printable
+from .names import EXTRA_CHANNELS
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,6 @@ SPLIT_ALIASES = {
     "valid": ("valid", "validation", "val"),
     "test": ("test", "testing"),
 }
-EXTRA_CHANNELS = ("pretrained",)
 _PREFIX = re.compile(r"^\d+[._-]")
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 import traceback
 from pathlib import Path
 
-import torch
-
 from .errors import UserError
 from .metrics import printable
 
@@ -13,18 +11,21 @@ MAX_REASON = 1024
 
 
 def failure_reason(exc: BaseException) -> str:
-    if isinstance(exc, UserError):
-        reason = str(exc)
-    elif isinstance(exc, torch.OutOfMemoryError):
-        reason = "out of GPU memory: lower batch-size or image-size, or use a larger instance"
-    elif isinstance(exc, MemoryError):
-        reason = "out of host memory: lower batch-size or workers"
-    else:
-        frames = traceback.extract_tb(exc.__traceback__)
-        where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
-        reason = f"unexpected {type(exc).__name__}: {exc}{where}"
+    reason = str(exc) if isinstance(exc, UserError) else _unexpected_error_reason(exc)
     line = printable(" ".join(reason.split()))  # one line, and never a metric line (reasons can quote file names)
     return line[:MAX_REASON]
+
+
+def _unexpected_error_reason(exc: BaseException) -> str:
+    import torch  # here, not at the top: the job config check writes its reasons before torch is imported
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return "out of GPU memory: lower batch-size or image-size, or use a larger instance"
+    if isinstance(exc, MemoryError):
+        return "out of host memory: lower batch-size or workers"
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return f"unexpected {type(exc).__name__}: {exc}{where}"
 
 
 def clear_failure(output_dir: str | Path) -> None:

@@ -6,6 +6,9 @@ WEIGHTS_FILE = "model.pt"
 LABELS_FILE = "labels.json"
 CONFIG_FILE = "model_config.json"
 
+# Input channels that hold no images (the job config check counts the others as data channels).
+EXTRA_CHANNELS = ("pretrained",)
+
 BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "efficientnet_b0", "convnext_tiny")
 
 

@@ -54,3 +54,17 @@ def broken_files(good_jpeg: bytes) -> dict[str, bytes]:
         "notes.txt": b"not an image",
         "random.png": np.random.default_rng(0).bytes(2048),
     }
+
+
+# Class names as folder names allow them: text matplotlib would read as mathtext or format codes,
+# markup, a lone backslash, and a name near the 255-byte limit of a file name.
+AWKWARD_CLASS_NAMES = ["$a^$ hound", r"$\frac{1}{0}$", "_x", "%s", "\\", "{}", "<b>&amp; co", "Long_" * 50]
+
+
+def rename_classes(root: Path, names: list[str]) -> Path:
+    """Give the class folders of every split under `root` these names (kept in the folders' order)."""
+    for split in (p for p in root.iterdir() if p.is_dir()):
+        folders = sorted(p for p in split.iterdir() if p.is_dir())
+        for i, (folder, name) in enumerate(zip(folders, names, strict=True), start=1):
+            folder.rename(split / f"{i:03d}.{name}")
+    return root

@@ -1,7 +1,9 @@
 """report.html and insights.json: contents, partial data, `imgcls report`, and the page in headless Chromium."""
 from __future__ import annotations
 
+import html
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -11,8 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 from PIL import Image
 
+from datasets import AWKWARD_CLASS_NAMES
+from imgcls.insights import report
 from imgcls.insights.records import RAW_DIR
 from imgcls.insights.report import write_report
 from imgcls.insights.rules import RULES
@@ -120,6 +125,51 @@ def test_imgcls_report_rerenders_with_overrides(job_dir):
     bad = subprocess.run([sys.executable, "-m", "imgcls", "report", str(job_dir), "StepOutlier_n_outlier=2"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "did you mean StepOutlier_n_outliers" in bad.stderr
+
+
+def test_class_names_are_drawn_and_listed_as_typed(tmp_path, caplog):
+    rec = healthy_records()
+    n = len(AWKWARD_CLASS_NAMES)
+    rec.dataset = {"class_names": AWKWARD_CLASS_NAMES, "counts": {"train": [60] * n, "valid": [8] * n, "test": [8] * n}}
+    with caplog.at_level(logging.WARNING):
+        html_path, json_path = write_report(write_raw(rec, tmp_path / "data"))
+    assert "section_errors" not in json.loads(json_path.read_text())
+    assert "could not draw" not in caplog.text
+    page = html_path.read_text()
+    for name in AWKWARD_CLASS_NAMES:
+        assert html.escape(name) in page, name
+    assert "<b>&amp; co" not in page
+
+
+def _planted(*args, **kwargs):
+    raise RuntimeError("planted\nover two lines " + "x" * 5000)
+
+
+def test_a_section_that_fails_is_named_in_the_report_and_logged_once(job_dir, monkeypatch, caplog):
+    monkeypatch.setattr(report, "_timeline_chart", _planted)
+    with caplog.at_level(logging.WARNING):
+        html_path, json_path = write_report(job_dir)
+    page, facts = html_path.read_text(), json.loads(json_path.read_text())
+    assert "could not draw Job summary: RuntimeError: planted over two lines xxx" in page
+    assert "x" * 1000 not in page and len(facts["section_errors"]["summary"]) < 400
+    notes = [r.getMessage() for r in caplog.records]
+    assert len(notes) == 1 and notes[0].startswith("could not draw Job summary: RuntimeError: planted over") and "\n" not in notes[0]
+    assert ">Gradients" in page and "data:image/png;base64," in page  # the other sections are drawn
+
+
+def test_a_chart_that_fails_to_render_costs_only_that_chart(job_dir, monkeypatch, caplog):
+    def unrenderable(*args):
+        fig = Figure()
+        fig.text(0.5, 0.5, "$a^$")  # raw mathtext that does not parse: fails when the figure is drawn
+        return fig
+
+    monkeypatch.setattr(report, "_timeline_chart", unrenderable)
+    with caplog.at_level(logging.WARNING):
+        html_path, _ = write_report(job_dir)
+    page = html_path.read_text()
+    assert "could not draw job timeline: ValueError" in page
+    assert "Job duration" in page  # the summary section around the chart is kept
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["could not draw job timeline"]
 
 
 def _chromium(page: Path, out: Path) -> tuple[Path, list[str]]:

@@ -2,14 +2,24 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
+import logging
 import math
 
 import numpy as np
 import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from PIL import Image
 
+from conftest import FAST_TRAIN_ARGS, run_imgcls
+from datasets import AWKWARD_CLASS_NAMES, rename_classes
+from imgcls import reports
+from imgcls.figures import literal_text
+from imgcls.hyperparams import parse_hyperparameters
+from imgcls.insights import report as insights_report
 from imgcls.reports import (
     HISTORY_COLUMNS,
     confusion_matrix,
@@ -17,6 +27,8 @@ from imgcls.reports import (
     write_confusion_matrix,
     write_history,
 )
+from imgcls.sample_data import make_sample_dataset
+from imgcls.train import JobPaths, train
 
 
 def assert_sane_png(path, min_side=300, max_side=3000):
@@ -173,3 +185,81 @@ def test_learning_curves_png(tmp_path):
 def test_learning_curves_survive_sparse_history(tmp_path, history):
     # The plot is drawn at the end of training: odd histories must not fail the job.
     assert_sane_png(plot_learning_curves(history, tmp_path / "curves.png"))
+
+
+# --- user strings in figures ---------------------------------------------------------------------
+
+def _pixels(**text) -> np.ndarray:
+    fig = Figure(figsize=(8, 1))
+    canvas = FigureCanvasAgg(fig)
+    fig.text(0.01, 0.5, **text)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())
+
+
+@pytest.mark.parametrize("name", [*AWKWARD_CLASS_NAMES, "a\\$b$", "$", "$$", "\\$"])
+def test_literal_text_is_drawn_as_typed(name):
+    # The same pixels as matplotlib's own plain-text mode: no mathtext, no dropped backslash or dollar.
+    assert np.array_equal(_pixels(s=literal_text(name)), _pixels(s=name, parse_math=False))
+
+
+def test_confusion_matrix_draws_class_names_matplotlib_reads_as_math(tmp_path, caplog):
+    n = len(AWKWARD_CLASS_NAMES)
+    cm = np.eye(n, dtype=int) * 3 + 1
+    with caplog.at_level(logging.WARNING):
+        csv_path, png_path = write_confusion_matrix(cm, AWKWARD_CLASS_NAMES, tmp_path)
+    assert read_csv_rows(csv_path)[0][1:] == AWKWARD_CLASS_NAMES
+    assert_sane_png(png_path)
+    assert "could not draw" not in caplog.text
+
+
+def test_training_with_awkward_class_names_succeeds_with_its_plots(tmp_path):
+    data = rename_classes(make_sample_dataset(tmp_path / "data", num_classes=len(AWKWARD_CLASS_NAMES), per_class=(4, 2, 2),
+                                              image_size=64), AWKWARD_CLASS_NAMES)
+    proc = run_imgcls("train", "--data", data, "--model-dir", tmp_path / "model", "--output-dir", tmp_path / "output",
+                      "--epochs", "1", *FAST_TRAIN_ARGS)  # fails the test unless it exits 0
+
+    labels = json.loads((tmp_path / "model" / "labels.json").read_text())
+    assert [labels[str(i)] for i in range(len(labels))] == AWKWARD_CLASS_NAMES
+    assert (tmp_path / "model" / "model.pt").is_file()
+    out = tmp_path / "output" / "data"
+    assert_sane_png(out / "confusion_matrix.png")
+    assert_sane_png(out / "learning_curves.png")
+    assert "could not draw" not in proc.stderr
+    facts = json.loads((out / "insights.json").read_text())
+    assert "section_errors" not in facts
+    page = (out / "report.html").read_text()
+    for name in AWKWARD_CLASS_NAMES:
+        assert html.escape(name) in page, name
+    assert "<b>&amp; co" not in page  # markup in a name stays text
+
+
+def test_a_figure_that_fails_leaves_the_job_successful_and_says_what_it_could_not_draw(tmp_path, monkeypatch, caplog):
+    def planted(*args, **kwargs):
+        raise RuntimeError("planted\nover two lines " + "x" * 5000)
+
+    monkeypatch.setattr(reports, "_confusion_figure", planted)
+    monkeypatch.setattr(reports, "_series", planted)  # the learning curves
+    monkeypatch.setattr(insights_report, "_timeline_chart", planted)
+    hp = parse_hyperparameters({"backbone": "resnet18", "weights": "none", "image-size": 32, "batch-size": 8, "workers": 0,
+                                "epochs": 1, "warmup-epochs": 0, "log-interval": 1000})
+    paths = JobPaths(model_dir=tmp_path / "model", output_data_dir=tmp_path / "data", checkpoint_dir=tmp_path / "checkpoints",
+                     tensorboard_dir=None,
+                     channels={"train": make_sample_dataset(tmp_path / "shapes", num_classes=2, per_class=(8, 4, 2), image_size=40)})
+    with caplog.at_level(logging.INFO):
+        train(hp, paths)  # no exception: the job succeeds
+
+    assert (tmp_path / "model" / "model.pt").is_file()
+    out = tmp_path / "data"
+    assert (out / "confusion_matrix.csv").is_file()
+    for png in ("confusion_matrix.png", "learning_curves.png"):  # a placeholder that says what went wrong
+        with Image.open(out / png) as img:
+            assert img.format == "PNG"
+    notes = [r.getMessage() for r in caplog.records if "could not draw" in r.getMessage()]
+    assert sorted(n.split(":")[0] for n in notes) == ["could not draw Job summary", "could not draw the confusion matrix",
+                                                      "could not draw the learning curves"], notes
+    for note in notes:  # one line each, bounded, naming the reason
+        assert "\n" not in note and len(note) < 400 and "RuntimeError: planted over two lines xxx" in note
+    page = (out / "report.html").read_text()
+    assert "could not draw Job summary: RuntimeError: planted over two lines" in page and "x" * 1000 not in page
+    assert "Loss and accuracy" in page and "data:image/png;base64," in page  # the rest of the report is there

@@ -168,6 +168,16 @@ def test_a_study_best_json_is_accepted_by_training_as_it_is(tmp_path):
     assert written["csv"].read_text().splitlines()[0] == "trial,lr,batch-size,valid_loss,status,epochs,seconds,reason"
 
 
+def test_results_plots_draw_categorical_values_as_typed(tmp_path):
+    from imgcls_client.results import TrialResult, write_results
+    weights = ["none", "w/$a^$.pth"]  # a path matplotlib would read as mathtext
+    spec = spec_with(parameters={"weights": {"type": "categorical", "values": weights}})
+    rows = [TrialResult(str(i), {"weights": w}, 0.9 - 0.1 * i, "COMPLETE", 4, 10.0) for i, w in enumerate(weights)]
+    written = write_results(tmp_path, spec, rows)
+    for key in ("objective", "slices"):
+        assert written[key].read_bytes().startswith(b"\x89PNG")
+
+
 def test_yaml_booleans_become_the_words_the_user_wrote():
     spec = parse_spec(yaml.safe_load("parameters: {lr: {type: continuous, min: 0.001, max: 0.1}}\nstatic: {amp: off, epochs: 2}\n"))
     assert spec.static["amp"] == "off"

@@ -135,6 +135,7 @@ def _numeric(values) -> bool:
 
 
 def plot_results(out: Path, spec: TuningSpec, rows: list[TrialResult]) -> dict[str, Path]:
+    from imgcls.figures import literal_text  # values can be paths: a `$` pair would be read as mathtext
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -189,7 +190,7 @@ def plot_results(out: Path, spec: TuningSpec, rows: list[TrialResult]) -> dict[s
                 xs = [labels.index(str(x)) if str(x) in labels else -1 for x in xs]
             ax.scatter(xs, ys, c=colour, label=status.lower())
         if p.type == "categorical" and not _numeric(p.values):
-            ax.set_xticks(range(len(p.values)), [str(v)[:20] for v in p.values], rotation=30, ha="right")
+            ax.set_xticks(range(len(p.values)), [literal_text(str(v)[:20]) for v in p.values], rotation=30, ha="right")
             ax.set_xlim(-0.5, len(p.values) - 0.5)
         elif p.scale == "log" or (p.type == "categorical" and _numeric(p.values) and min(p.values) > 0
                                   and max(p.values) / min(p.values) >= 16):

@@ -3,11 +3,14 @@
 Written to SageMaker's output data dir (/opt/ml/output/data), which ends up in output.tar.gz.
 Figures are drawn on matplotlib's Agg canvas directly, never through pyplot: no display is needed,
 no global backend is switched and no figure is left registered in a long training process.
+They are drawn after the model is written: a figure that fails becomes a placeholder PNG that
+says why, and a warning, never a failed job.
 """
 from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 from pathlib import Path
 
@@ -17,6 +20,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from .artifacts import atomic_write_bytes, atomic_write_json
+from .figures import could_not_draw, label_text, literal_text
+
+log = logging.getLogger(__name__)
 
 HISTORY_JSON = "history.json"
 HISTORY_CSV = "history.csv"
@@ -81,15 +87,38 @@ def _series(history: list[dict], key: str) -> tuple[list, list]:
     return epochs, values
 
 
-def _save_png(fig: Figure, out_png: Path) -> Path:
+def _png_bytes(fig: Figure) -> bytes:
     FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
+
+
+def _note_figure(note: str) -> Figure:
+    fig = Figure(figsize=(8, 2))
+    fig.text(0.5, 0.5, literal_text(note), ha="center", va="center", wrap=True, color="dimgrey")
+    return fig
+
+
+def _draw_png(what: str, draw, out_png: Path) -> Path:
+    """Write the figure `draw()` returns; if drawing fails, a placeholder saying so (writing errors still raise)."""
+    try:
+        png = _png_bytes(draw())
+    except Exception as exc:  # matplotlib raises many types (mathtext, layout, fonts); the model is already written
+        note = could_not_draw(what, exc)
+        log.warning("%s", note)
+        png = _png_bytes(_note_figure(note))
     out_png = Path(out_png)
-    atomic_write_bytes(out_png, lambda f: fig.savefig(f, format="png", dpi=DPI))
+    atomic_write_bytes(out_png, lambda f: f.write(png))
     return out_png
 
 
 def plot_learning_curves(history: list[dict], out_png: str | Path) -> Path:
     """Loss and accuracy per epoch, train vs valid, with the epoch of lowest valid loss marked."""
+    return _draw_png("the learning curves", lambda: _learning_curves_figure(history), Path(out_png))
+
+
+def _learning_curves_figure(history: list[dict]) -> Figure:
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2, sharex=True)
     panels = ((loss_ax, "loss", "Loss"), (acc_ax, "accuracy", "Accuracy"))
@@ -130,7 +159,7 @@ def plot_learning_curves(history: list[dict], out_png: str | Path) -> Path:
             ax.legend(loc="best", fontsize="small")
         else:
             ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="grey")
-    return _save_png(fig, Path(out_png))
+    return fig
 
 
 # --- confusion matrix ----------------------------------------------------------------------------
@@ -188,7 +217,7 @@ def write_confusion_matrix(cm, class_names: list[str], output_dir: str | Path,
     csv_path = output_dir / f"{prefix}.csv"
     atomic_write_bytes(csv_path, lambda f: f.write(text.getvalue().encode()))
 
-    png_path = _save_png(_confusion_figure(cm, class_names), output_dir / f"{prefix}.png")
+    png_path = _draw_png("the confusion matrix", lambda: _confusion_figure(cm, class_names), output_dir / f"{prefix}.png")
     return csv_path, png_path
 
 
@@ -213,8 +242,9 @@ def _confusion_figure(cm: np.ndarray, class_names: list[str]) -> Figure:
     accuracy = np.trace(cm) / total if total else float("nan")
     ax.set_title(f"Confusion matrix: {n} classes, {total} images, accuracy {accuracy:.1%}", fontsize=text_size)
     if labelled:
-        ax.set_xticks(range(n), class_names, rotation=90, fontsize="small")
-        ax.set_yticks(range(n), class_names, fontsize="small")
+        labels = [label_text(name) for name in class_names]
+        ax.set_xticks(range(n), labels, rotation=90, fontsize="small")
+        ax.set_yticks(range(n), labels, fontsize="small")
         ax.set_xlabel("predicted class", fontsize=text_size)
         ax.set_ylabel("true class", fontsize=text_size)
     else:

@@ -20,6 +20,7 @@ from torch import nn
 from ..artifacts import atomic_write_json
 from ..engine import Hook, LoopState, StepTimer
 from ..errors import UserError
+from ..figures import reason
 from .system import SystemSampler
 
 log = logging.getLogger(__name__)
@@ -489,7 +490,7 @@ class OnlineRules(Hook):
             try:
                 stop = self._evaluate()
             except Exception as exc:  # a rule bug must not fail the job
-                log.warning("insights: rules not evaluated: %s", exc)
+                log.warning("insights: rules not evaluated: %s", reason(exc))
         flag = float(stop is not None)
         if loop.rt.world_size > 1:
             flag = loop.all_sum([flag])[0]
@@ -524,4 +525,4 @@ class OnlineRules(Hook):
             else:
                 log.info("insights findings written to %s; draw the report with: imgcls report %s", facts, self.out)
         except Exception as exc:  # the job's own result matters more than its report
-            log.warning("insights: report not written: %s", exc)
+            log.warning("insights: report not written: %s", reason(exc))  # one line, bounded

@@ -3,7 +3,8 @@
 The HTML is one self-contained file: inline CSS, charts as base64 PNGs drawn on matplotlib's Agg
 canvas, no script, no remote font or image, so it opens offline and from an S3 download alike.
 insights.json holds the same facts for machines. Each section is built on its own: a stopped job's
-partial files give a partial report, with a note where a section has no data. No torch here.
+partial files give a partial report, with a note where a section has no data; a chart or section
+that fails to draw is a "could not draw" note and one warning. No torch here.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import base64
 import html
 import io
 import json
+import logging
 import math
 import os
 import sys
@@ -22,8 +24,11 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..figures import could_not_draw, label_text, literal_text, reason
 from .records import COMPONENT_NAMES, RAW_DIR, STEP_COMPONENTS, Records, load_records
 from .rules import Finding, _json_safe, default_params, evaluate_rules, loop_samples, phases, step_outliers, validate_rule_params, verdict, warmup_count
+
+log = logging.getLogger(__name__)
 
 REPORT_HTML = "report.html"
 INSIGHTS_JSON = "insights.json"
@@ -86,10 +91,21 @@ def _figure(width: float = 10.0, height: float = 3.4, **kw) -> Figure:
     return Figure(figsize=(width, height), layout="constrained", **kw)
 
 
+def _could_not_draw(what: str, exc: Exception) -> str:
+    """The note in place of what failed, and its one warning line."""
+    note = could_not_draw(what, exc)
+    log.warning("%s", note)
+    return f'<p class="note">{_e(note)}</p>'
+
+
 def _img(fig: Figure, alt: str) -> str:
+    """The figure as an inline PNG; a note instead if it fails to draw (the rest of its section stays)."""
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
+    try:
+        fig.savefig(buf, format="png", dpi=DPI)
+    except Exception as exc:  # matplotlib raises many types (mathtext, layout, fonts)
+        return _could_not_draw(alt, exc)
     data = base64.b64encode(buf.getvalue()).decode()
     return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
 
@@ -304,13 +320,20 @@ def _training_section(rec: Records, facts: dict) -> str:
                 ax.bar(x, values, bottom=bottom, color=colour, label=split)
                 bottom += values
         if len(names) <= 30:
-            ax.set_xticks(x, names, rotation=60, fontsize=7, ha="right")
+            ax.set_xticks(x, [label_text(name) for name in names], rotation=60, fontsize=7, ha="right")
         ax.set_ylabel("images")
         ax.set_title(f"Images per class ({len(names)} classes)")
         ax.legend(fontsize=8)
-        out += _img(fig, "class counts")
+        out += _img(fig, "class counts") + _class_table(names, counts)
         facts["class_counts"] = counts
     return out or '<p class="note">No losses or epoch metrics were recorded.</p>'
+
+
+def _class_table(names: list[str], counts: dict) -> str:
+    """The class names in full, as the folders spell them (the chart shortens them or leaves them out)."""
+    splits = [s for s in ("train", "valid", "test") if counts.get(s)]
+    rows = [[_e(name), *(counts[s][i] if i < len(counts[s]) else "–" for s in splits)] for i, name in enumerate(names)]
+    return "<details><summary>Images per class</summary>" + _table(["class", *splits], rows, set(range(1, len(splits) + 1))) + "</details>"
 
 
 def _gradients_section(rec: Records, facts: dict) -> str:
@@ -333,7 +356,7 @@ def _gradients_section(rec: Records, facts: dict) -> str:
             pts = [(r["step"], r["grad_norm"].get(layer)) for r in rows]
             pts = [(s, v) for s, v in pts if v is not None and v > 0]
             if pts:
-                ax_layers.plot(*zip(*pts), marker=".", linewidth=0.9, label=layer)
+                ax_layers.plot(*zip(*pts), marker=".", linewidth=0.9, label=literal_text(layer))
         ax_layers.set_yscale("log")
         ax_layers.legend(fontsize=6)
         # step 1 is left out: zero-initialised biases make its ratios meaningless (see WeightUpdateRatio)
@@ -506,8 +529,8 @@ def build_report(rec: Records, params: dict | None = None, draw: bool = True) ->
         try:
             content = build()
         except Exception as exc:  # one odd file must not cost the rest of the report
-            content = f'<p class="note">This section could not be drawn: {_e(type(exc).__name__)}: {_e(exc)}</p>'
-            facts.setdefault("section_errors", {})[anchor] = f"{type(exc).__name__}: {exc}"
+            content = _could_not_draw(title, exc)
+            facts.setdefault("section_errors", {})[anchor] = reason(exc)
         body.append(f'<h2 id="{anchor}">{_e(title)}</h2>{content}')
     nav = " · ".join(f'<a href="#{a}">{_e(t)}</a>' for a, t, _ in sections)
     missing = f'<p class="note">Not recorded (job stopped early or collection off): {_e(", ".join(rec.missing))}</p>' if rec.missing else ""

@@ -37,3 +37,49 @@ def test_every_hyperparameter_is_documented_in_the_readme():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for name, *_ in describe():
         assert f"`{name}`" in readme, name
+
+
+@pytest.mark.parametrize("raw, field, message", [
+    ({"epochs": "1e400"}, "epochs", "inf is out of range [1, 1000]"),
+    ({"epochs": 1e400}, "epochs", "inf is out of range [1, 1000]"),
+    ({"epochs": "-inf"}, "epochs", "-inf is out of range [1, 1000]"),
+    ({"epochs": 10**400}, "epochs", "is out of range [1, 1000]"),
+    ({"workers": "1e400"}, "workers", "inf is out of range [0, 128]"),
+    ({"lr": 10**400}, "lr", "inf is out of range [1e-07, 10.0]"),
+    ({"weights": "x" * 1_000_000}, "weights", "1000000 characters; at most 4095"),
+    ({"weights": "/opt/ml/input/data/pretrained/" + "w" * 300 + ".pth"}, "weights", "a path component is 304 bytes; at most 255"),
+    ({"checkpoint-dir": "/tmp/ck\0pt"}, "checkpoint-dir", "a path cannot contain a NUL character"),
+    ({"backbone": "x" * 1_000_000}, "backbone", "1000000 characters; at most 4095"),
+    ({"epochs": "9" * 4000}, "epochs", "is out of range [1, 1000]"),
+    ({"finetune": "9" * 5000}, "finetune", "5000 characters; at most 4095"),
+    ({"finetune": "\u00b2"}, "finetune", "expected head, all or a number of stages, got '\u00b2'"),
+    ({"hflip": ["yes"] * 1_000_000}, "hflip", "expected one value, got ['yes', 'yes'"),
+    ({"lr": {"a": 1}}, "lr", "expected one value"),
+])
+def test_extreme_values_get_a_short_message_naming_the_field(raw, field, message):
+    with pytest.raises(UserError) as err:
+        parse_hyperparameters(raw)
+    text = str(err.value)
+    assert text.startswith(f"hyperparameter {field}: ") and message in text, text[:300]
+    assert len(text) <= 200 and "\n" not in text
+
+
+def test_an_unknown_huge_name_is_named_by_its_start():
+    with pytest.raises(UserError) as err:
+        parse_hyperparameters({"epoch" + "s" * 1_000_000: "3"})
+    text = str(err.value)
+    assert text.startswith("hyperparameter epochsss") and "unknown name" in text and len(text) <= 1500, text[:300]
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--epochs", "1e400", "hyperparameter epochs: inf is out of range [1, 1000]"),
+    ("--weights", "w" * 300 + ".pth", "hyperparameter weights: a path component is 304 bytes; at most 255"),
+    ("--weights", "/w" * 600_000, "hyperparameter weights: 1200000 characters; at most 4095"),
+])
+def test_imgcls_train_refuses_them_in_one_line_before_training(tmp_path, capsys, sample_dataset, flag, value, message):
+    from imgcls.cli import main
+    rc = main(["train", "--data", str(sample_dataset), "--model-dir", str(tmp_path / "model"), "--output-dir", str(tmp_path / "out"),
+               flag, value])
+    err, reason = capsys.readouterr().err, (tmp_path / "out" / "failure").read_text()  # reason: SageMaker's FailureReason
+    assert rc == 2 and reason.startswith(message), reason[:300]
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1 and len(err) <= 200, err[:300]

@@ -239,3 +239,166 @@ def test_exponent_without_a_dot_is_a_number_in_yaml_specs(tmp_path):
     assert (lr.min, lr.max) == (1e-5, 0.1)
     with pytest.raises(SpecError, match="parameters.lr.min"):
         parse_spec({"parameters": {"lr": {"type": "continuous", "min": "fast", "max": 0.1}}})
+
+
+# ---- hostile spec files: every refusal is one short line that names the field (or the file's line), and fast
+
+MAX_MESSAGE = 400  # longer than any real message; a value echoed whole (a 1 MB line) is far longer
+AWS_TUNE_ARGS = ["--image-uri", "123456789012.dkr.ecr.us-east-1.amazonaws.com/imgcls:1", "--role", "arn:aws:iam::123456789012:role/r",
+                 "--train", "s3://b/t/", "--output-path", "s3://b/o/", "--dry-run"]
+
+
+def _entry_points(tmp_path, spec: Path) -> dict[str, list[str]]:
+    """The two commands that load a spec, as a user types them (the spec is read before anything else happens)."""
+    return {"tune": ["tune", "--spec", str(spec), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "study")],
+            "aws tune": ["aws", "tune", "--spec", str(spec), *AWS_TUNE_ARGS]}
+
+
+@pytest.fixture
+def no_aws(monkeypatch):
+    """Should a spec load after all, the AWS side gets fake keys and an endpoint where nothing listens."""
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                        "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(name, value)
+
+
+def _refusal(capsys, argv: list[str]) -> str:
+    from imgcls.cli import main
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == "", (rc, out[:500], err[:500])
+    assert err.startswith("error: spec ") and err.count("\n") == 1 and "Traceback" not in err, err[:500]
+    assert len(err) <= MAX_MESSAGE, f"{len(err)} characters: {err[:300]}"
+    return err.strip()
+
+
+HUGE = "x" * 1_000_000
+
+
+@pytest.mark.parametrize("text, field, message", [
+    ("budget: {max_trials: .inf}", "budget.max_trials", "expected an integer, got inf"),
+    ("budget: {max_parallel: .nan}", "budget.max_parallel", "expected an integer, got nan"),
+    ("seed: -.inf", "seed", "expected an integer, got -inf"),
+    ("parameters: {epochs: {type: integer, min: .inf, max: 3}}", "parameters.epochs.min", "expected an integer"),
+    ("parameters: {epochs: {type: integer, min: -1.0e+30, max: 3}}", "parameters.epochs.min", "out of range [1, 1000]"),
+    ("parameters: {epochs: {type: integer, min: 1, max: 1.0e+30}}", "parameters.epochs.max", "out of range [1, 1000]"),
+    ("static: {epochs: 1.0e+400}", "static.epochs", "inf is out of range [1, 1000]"),
+    (f"objective: {{metric: {HUGE}}}", "objective.metric", "'xxxxx"),
+    (f"objective: {HUGE}", "objective", "expected a mapping, got str 'xxxxx"),
+    (f"strategy: {HUGE}", "strategy", "is not one of Bayesian"),
+    (f"early_stopping: [{HUGE}]", "early_stopping", "is not one of Off, Auto"),
+    (f"budget: {{max_trials: {HUGE}}}", "budget.max_trials", "expected an integer, got 'xxxxx"),
+    (f"seed: {HUGE}", "seed", "expected an integer"),
+    (f"parameters: {{lr: {HUGE}}}", "parameters.lr", "expected a mapping, got str"),
+    (f"parameters: {{lr: {{type: continuous, min: {HUGE}, max: 0.1}}}}", "parameters.lr.min", "expected a finite number"),
+    (f"parameters: {{lr: {{type: {HUGE}}}}}", "parameters.lr.type", "is not one of continuous"),
+    (f"parameters: {{backbone: {{type: categorical, values: [[{HUGE}]]}}}}", "parameters.backbone.values[0]", "expected one value"),
+    (f"parameters: {{lr: {{type: continuous, min: 0.001, max: 0.1}}}}\nstatic: {{hflip: {HUGE}}}", "static.hflip", "2500 characters"),
+    (f"parameters: {{lr: {{type: continuous, min: 0.001, max: 0.1}}}}\nstatic: {{backbone: [{HUGE}]}}", "static.backbone", "expected one value"),
+    ("parameters: {lr: {type: continuous, min: 0.001, max: 0.1}}\nstatic: {batch_size: 8, batch-size: 16}", "static.batch-size", "same hyperparameter as batch-size"),
+])
+@pytest.mark.parametrize("command", ["tune", "aws tune"])
+def test_a_bad_value_is_one_short_line_naming_its_field(capsys, tmp_path, no_aws, command, text, field, message):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("parameters: {lr: {type: continuous, min: 0.001, max: 0.1}}\n" + text if not text.startswith("parameters") else text)
+    line = _refusal(capsys, _entry_points(tmp_path, spec)[command])
+    assert line.startswith(f"error: spec {field}: ") and message in line, line[:300]
+
+
+@pytest.mark.parametrize("text, message", [  # "? KEY" is YAML for a key longer than 1024 characters
+    (f"parameters:\n  ? {HUGE}\n  : {{}}\n", "spec parameters.xxxxx"),
+    (f"parameters: {{lr: {{type: continuous, min: 0.001, max: 0.1}}}}\nbudget:\n  ? {HUGE}\n  : 1\n", "spec budget.xxxxx"),
+    (f"? {HUGE}\n: 1\n", "spec xxxxx"),
+])
+def test_a_huge_key_is_named_by_its_start(capsys, tmp_path, no_aws, text, message):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text)
+    assert _refusal(capsys, _entry_points(tmp_path, spec)["tune"]).startswith(f"error: {message}")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("parameters:\n  lr: {type: continuous, min: 0.001, max: 0.1}\n  lr: {type: continuous, min: 0.01, max: 0.1}\n",
+     "line 3: key lr appears twice in one mapping (first on line 2)"),
+    ("parameters: {lr: {type: continuous, min: 0.001, max: 0.1}}\nstatic: {epochs: 2}\nstatic: {epochs: 3}\n",
+     "line 3: key static appears twice in one mapping (first on line 2)"),
+    ("parameters: {lr: {type: continuous, min: 0.001, max: 0.1}}\nbudget: {max_trials: 3, max_trials: 5}\n",
+     "line 2: key max_trials appears twice in one mapping (first on line 2)"),
+    ("parameters: {lr: {type: continuous, min: 0.001, max: 0.1, min: 0.01}}\n", "line 1: key min appears twice"),
+    ("parameters:\n  lr: &range {type: continuous, min: 0.001, max: 0.1}\n  head-lr: *range\n",
+     "line 2: YAML anchors and aliases (&name, *name) are not allowed in a spec"),
+    ("parameters: {lr: {type: continuous, min: 0.001, max: 0.1}}\nseed: " + "7" * 5000 + "\n", "line 2: cannot read this value"),
+    ("parameters: {lr: {type: continuous, min: 0.001, max: 0.1}}\nseed: 2024-13-45\n", "line 2: cannot read this value"),
+    ("parameters: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+])
+@pytest.mark.parametrize("command", ["tune", "aws tune"])
+def test_yaml_a_spec_should_not_use_is_refused_with_its_line(capsys, tmp_path, no_aws, command, text, message):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text)
+    line = _refusal(capsys, _entry_points(tmp_path, spec)[command])
+    assert line.startswith(f"error: spec file: {spec}") and message in line, line[:300]
+
+
+def test_python_tags_are_refused_and_never_run(capsys, tmp_path, no_aws):
+    marker = tmp_path / "ran"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"parameters: {{lr: {{type: continuous, min: 0.001, max: 0.1}}}}\nstatic: !!python/object/apply:os.system [touch {marker}]\n")
+    for argv in _entry_points(tmp_path, spec).values():
+        line = _refusal(capsys, argv)
+        assert line == f"error: spec file: {spec} line 2: the tag 'tag:yaml.org,2002:python/object/apply:os.system' is not allowed in a spec"
+    assert not marker.exists()
+
+
+def test_a_spec_file_that_is_too_big_or_not_text_is_refused(capsys, tmp_path, no_aws):
+    big = tmp_path / "big.yaml"
+    big.write_text("parameters: {lr: {type: continuous, min: 0.001, max: 0.1}}\n" + "#" * (1 << 20) + "\n")
+    assert "larger than 1 MiB" in _refusal(capsys, _entry_points(tmp_path, big)["tune"])
+    assert "larger than 1 MiB" in _refusal(capsys, _entry_points(tmp_path, Path("/dev/zero"))["tune"])  # never read to the end
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"parameters: \xff\xfe\n")
+    assert "not UTF-8 text" in _refusal(capsys, _entry_points(tmp_path, binary)["tune"])
+
+
+BILLION_LAUGHS = """\
+objective: {metric: valid_loss}
+parameters:
+  lr: [&a [lol, lol, lol, lol, lol, lol, lol, lol, lol],
+       &b [*a, *a, *a, *a, *a, *a, *a, *a, *a],
+       &c [*b, *b, *b, *b, *b, *b, *b, *b, *b],
+       &d [*c, *c, *c, *c, *c, *c, *c, *c, *c],
+       &e [*d, *d, *d, *d, *d, *d, *d, *d, *d],
+       &f [*e, *e, *e, *e, *e, *e, *e, *e, *e],
+       &g [*f, *f, *f, *f, *f, *f, *f, *f, *f],
+       &h [*g, *g, *g, *g, *g, *g, *g, *g, *g],
+       &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]]
+static: {epochs: *i}
+"""
+
+
+@pytest.mark.parametrize("command", ["tune", "aws tune"])
+def test_an_alias_bomb_is_refused_at_once_without_expanding_it(tmp_path, command):
+    """9^9 'lol's shared through aliases: safe_load is instant, but anything that formats the value
+    expands it to gigabytes. The child runs under a 1 GiB address-space limit, so a regression fails
+    with a MemoryError in a few seconds instead of filling the machine."""
+    import subprocess
+    import textwrap
+    spec = tmp_path / "bomb.yaml"
+    spec.write_text(BILLION_LAUGHS)
+    code = textwrap.dedent(f"""
+        import resource, sys, time, tracemalloc
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+        from imgcls.cli import main
+        import imgcls_client.aws.cli, imgcls_client.aws.commands, imgcls_client.cli, imgcls_client.spec, yaml  # imports: not measured
+        tracemalloc.start()
+        started = time.perf_counter()
+        rc = main({_entry_points(tmp_path, spec)[command]!r})
+        print(f"MEASURED seconds={{time.perf_counter() - started:.3f}} peak={{tracemalloc.get_traced_memory()[1]}}", file=sys.stderr)
+        sys.exit(rc)
+    """)
+    env = {**__import__("os").environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_EC2_METADATA_DISABLED": "true"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env, check=False)
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2 and len(lines) == 2 and "Traceback" not in proc.stderr, proc.stderr[-1500:]
+    assert lines[0] == f"error: spec file: {spec} line 3: YAML anchors and aliases (&name, *name) are not allowed in a spec; write the value out"
+    seconds, peak = (float(part.split("=")[1]) for part in lines[1].split()[1:])
+    assert seconds < 2.0 and peak < 20_000_000, lines[1]  # the parser and lazy imports take ~4 MB; expanded, the bomb takes GBs

@@ -36,6 +36,7 @@ File format (YAML):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from typing import Any, Mapping
 
 from imgcls.errors import UserError
 from imgcls.hyperparams import ALIASES, FIELDS, hp_name, parse_hyperparameters
-from imgcls.metrics import EPOCH_METRICS, METRIC_NAMES
+from imgcls.metrics import EPOCH_METRICS, METRIC_NAMES, brief, brief_text
 
 STRATEGIES = ("Bayesian", "Random", "Hyperband", "Grid")
 EARLY_STOPPING = ("Off", "Auto")
@@ -64,6 +65,8 @@ MAX_TRIALS = {"Random": 10_000}  # others: 750
 MAX_PARALLEL = 100
 RUNTIME_RANGE = (120, 15_768_000)
 DEFAULT_SPEC = "default.yaml"
+MAX_SPEC_BYTES = 1 << 20        # a spec at all of SageMaker's limits is a few hundred KB
+PATH_SHOWN = 200                # characters of a spec's path in a message
 
 
 class SpecError(UserError):
@@ -128,15 +131,88 @@ def load_spec(path: str | Path | None = None) -> TuningSpec:
     import yaml
 
     path = Path(path) if path is not None else default_spec_path()
+    shown = brief_text(str(path), PATH_SHOWN)
+    text = _read_spec(path, shown)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SpecError("file", f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_spec_loader())  # noqa: S506 - a SafeLoader subclass that refuses even more
     except yaml.YAMLError as exc:
-        raise SpecError("file", f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+        raise SpecError("file", _yaml_problem(exc, shown)) from None
+    except RecursionError:
+        raise SpecError("file", f"{shown}: nested too deeply to be a spec") from None
     return parse_spec(data, source=str(path))
+
+
+def _read_spec(path: Path, shown: str) -> str:
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)  # never to the end of /dev/zero
+    except OSError as exc:
+        raise SpecError("file", f"cannot read {shown}: {exc.strerror or type(exc).__name__}") from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError("file", f"{shown} is larger than 1 MiB; a spec is a few lines of YAML")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError("file", f"{shown} is not UTF-8 text (byte {exc.start})") from None
+
+
+def _yaml_problem(exc, shown: str) -> str:
+    """`PATH line N: problem`, one bounded line; PyYAML's own text adds a snippet of the file on more lines."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{shown} line {mark.line + 1}" if mark is not None else shown
+    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    prefix = "" if getattr(exc, "refused", False) else "not valid YAML: "
+    return f"{where}: {prefix}{brief_text(problem, 200)}"
+
+
+@functools.cache
+def _spec_loader():
+    """yaml.SafeLoader that also refuses what a spec never needs.
+
+    Anchors and aliases: a few lines of them (a "billion laughs") share one list 9^9 times; loading
+    is instant, but anything that prints or walks the value expands it to gigabytes. Duplicate keys:
+    the last would silently win. Other tags than plain YAML's (!!python/object...) are refused too.
+    """
+    import yaml
+    from yaml.constructor import ConstructorError
+
+    class Refused(ConstructorError):
+        refused = True
+
+    class SpecLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                raise Refused(problem="YAML anchors and aliases (&name, *name) are not allowed in a spec; write the value out",
+                              problem_mark=event.start_mark)
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node, deep=False):
+            firsts = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    raise Refused(problem="merge keys (<<) are not allowed in a spec", problem_mark=key_node.start_mark)
+                key = self.construct_object(key_node)
+                try:
+                    first = firsts.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: SafeLoader's own error names it
+                    continue
+                if first is not key_node:
+                    raise Refused(problem=f"key {brief_text(str(key))} appears twice in one mapping (first on line {first.start_mark.line + 1})",
+                                  problem_mark=key_node.start_mark)
+            return super().construct_mapping(node, deep=deep)
+
+        def construct_object(self, node, deep=False):
+            try:
+                return super().construct_object(node, deep=deep)
+            except ValueError as exc:  # int() past 4300 digits, a date like 2024-13-45
+                raise Refused(problem=f"cannot read this value ({exc})", problem_mark=node.start_mark) from None
+
+        def refuse_tag(self, node):
+            raise Refused(problem=f"the tag {brief(node.tag)} is not allowed in a spec", problem_mark=node.start_mark)
+
+    SpecLoader.add_constructor(None, SpecLoader.refuse_tag)
+    return SpecLoader
 
 
 # ---------------------------------------------------------------- parsing
@@ -145,24 +221,31 @@ _TOP_KEYS = ("objective", "parameters", "static", "strategy", "early_stopping", 
 _BUDGET_KEYS = ("max_trials", "max_parallel", "max_runtime_s")
 
 
+def _at(where: str, key) -> str:
+    """The dotted field path of a key the user wrote, bounded: a key can be a megabyte long."""
+    text = brief_text(key) if isinstance(key, str) else brief(key)
+    return f"{where}.{text}" if where else text
+
+
 def _mapping(value, where: str, allowed: tuple[str, ...] | None = None) -> dict:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise SpecError(where, f"expected a mapping, got {type(value).__name__} {value!r}")
+        raise SpecError(where, f"expected a mapping, got {type(value).__name__} {brief(value)}")
     if allowed is not None:
         for key in value:
             if key not in allowed:
-                raise SpecError(f"{where}.{key}" if where else str(key), f"unknown key; expected one of {', '.join(allowed)}")
+                raise SpecError(_at(where, key), f"unknown key; expected one of {', '.join(allowed)}")
     return dict(value)
 
 
 def _int(value, where: str, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-        raise SpecError(where, f"expected an integer, got {value!r}")
+    # is_integer() is False for inf and nan, which int() would turn into an OverflowError or ValueError
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
+        raise SpecError(where, f"expected an integer, got {brief(value)}")
     value = int(value)
     if value < low or (high is not None and value > high):
-        raise SpecError(where, f"{value} is out of range [{low}, {high if high is not None else 'inf'}]")
+        raise SpecError(where, f"{brief(value)} is out of range [{low}, {high if high is not None else 'inf'}]")
     return value
 
 
@@ -171,9 +254,9 @@ def _number(value, where: str) -> float | int:
         try:
             value = float(value)
         except ValueError:
-            raise SpecError(where, f"expected a finite number, got {value!r}") from None
+            raise SpecError(where, f"expected a finite number, got {brief(value)}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SpecError(where, f"expected a finite number, got {value!r}")
+        raise SpecError(where, f"expected a finite number, got {brief(value)}")
     return value
 
 
@@ -181,17 +264,23 @@ def _choice(value, where: str, choices: tuple[str, ...]) -> str:
     # YAML 1.1 reads a bare Off as false; that is what the user wrote.
     if value is False:
         value = "Off"
-    text = str(value)
-    for choice in choices:
-        if text.lower() == choice.lower():
-            return choice
-    raise SpecError(where, f"{value!r} is not one of {', '.join(choices)}")
+    if isinstance(value, str):
+        for choice in choices:
+            if value.lower() == choice.lower():
+                return choice
+    raise SpecError(where, f"{brief(value)} is not one of {', '.join(choices)}")
+
+
+def _one_value(value, where: str) -> None:
+    """A hyperparameter takes one value: never a list or mapping (which could also be huge to print)."""
+    if isinstance(value, (list, dict, set, tuple)) or value is None:
+        raise SpecError(where, f"expected one value, got {brief(value)}")
 
 
 def _hp_key(name, where: str) -> str:
     """Canonical imgcls hyperparameter name ('batch_size' -> 'batch-size'), or a SpecError."""
     if not isinstance(name, str) or not name:
-        raise SpecError(where, f"a hyperparameter name must be text, got {name!r}")
+        raise SpecError(where, f"a hyperparameter name must be text, got {brief(name)}")
     if len(name) > MAX_NAME_LENGTH:
         raise SpecError(where, f"name is {len(name)} characters; SageMaker allows {MAX_NAME_LENGTH}")
     key = ALIASES.get(name, name).replace("-", "_")
@@ -199,7 +288,7 @@ def _hp_key(name, where: str) -> str:
         import difflib
         close = difflib.get_close_matches(hp_name(key), [hp_name(n) for n in FIELDS], n=1)
         hint = f"; did you mean {close[0]}?" if close else ""
-        raise SpecError(where, f"unknown hyperparameter {name!r}{hint} (see `imgcls train --help`)")
+        raise SpecError(where, f"unknown hyperparameter {brief(name)}{hint} (see `imgcls train --help`)")
     return hp_name(key)
 
 
@@ -229,6 +318,11 @@ def _hp_kind(name: str):
     return kind
 
 
+def _hp_range(name: str) -> tuple:
+    meta = FIELDS[name.replace("-", "_")].metadata
+    return meta["low"], meta["high"]
+
+
 def _parameter(name: str, raw, where: str) -> Parameter:
     raw = _mapping(raw, where, ("type", "min", "max", "values", "scale"))
     if "type" not in raw:
@@ -243,6 +337,8 @@ def _parameter(name: str, raw, where: str) -> Parameter:
             raise SpecError(f"{where}.values", "a categorical parameter needs a non-empty list of values")
         if len(values) > MAX_CATEGORICAL_VALUES:
             raise SpecError(f"{where}.values", f"{len(values)} values; SageMaker allows {MAX_CATEGORICAL_VALUES}")
+        for i, value in enumerate(values):
+            _one_value(value, f"{where}.values[{i}]")
         values = [_yaml_value(name, v, f"{where}.values[{i}]") for i, v in enumerate(values)]
         texts = [_text(v) for v in values]
         if len(set(texts)) != len(texts):
@@ -263,7 +359,7 @@ def _parameter(name: str, raw, where: str) -> Parameter:
     for key in ("min", "max"):
         if key not in raw:
             raise SpecError(f"{where}.{key}", f"missing; a {kind} parameter needs min and max")
-        bounds[key] = _int(raw[key], f"{where}.{key}", -2**63) if kind == "integer" else _number(raw[key], f"{where}.{key}")
+        bounds[key] = _int(raw[key], f"{where}.{key}", *_hp_range(name)) if kind == "integer" else _number(raw[key], f"{where}.{key}")
         _check_value(name, bounds[key], f"{where}.{key}")
     if not bounds["min"] < bounds["max"]:
         raise SpecError(f"{where}.max", f"must be larger than min ({bounds['min']}), got {bounds['max']}")
@@ -290,7 +386,7 @@ def parse_spec(data, source: str = "<spec>") -> TuningSpec:
     per_epoch = strategy == "Hyperband" or early_stopping == "Auto"
     metric = objective.get("metric", "valid_loss" if per_epoch else "best_valid_loss")
     if metric not in METRIC_NAMES:
-        raise SpecError("objective.metric", f"{metric!r} is not a metric imgcls prints; one of {', '.join(METRIC_NAMES)}")
+        raise SpecError("objective.metric", f"{brief(metric)} is not a metric imgcls prints; one of {', '.join(METRIC_NAMES)}")
     natural = "maximize" if metric.endswith("accuracy") else "minimize"
     direction = _choice(objective.get("direction", natural), "objective.direction", ("minimize", "maximize"))
     if metric != "epoch_seconds" and direction != natural:
@@ -303,22 +399,25 @@ def parse_spec(data, source: str = "<spec>") -> TuningSpec:
         raise SpecError("parameters", f"{len(raw_params)} tunable hyperparameters; SageMaker allows {MAX_RANGES}")
     parameters: dict[str, Parameter] = {}
     for raw_name, raw in raw_params.items():
-        name = _hp_key(raw_name, f"parameters.{raw_name}")
+        where = _at("parameters", raw_name)
+        name = _hp_key(raw_name, where)
         if name in parameters:
-            raise SpecError(f"parameters.{raw_name}", f"same hyperparameter as {name}")
-        parameters[name] = _parameter(name, raw, f"parameters.{raw_name}")
+            raise SpecError(where, f"same hyperparameter as {name}")
+        parameters[name] = _parameter(name, raw, where)
 
     static: dict[str, Any] = {}
     for raw_name, value in _mapping(data.get("static"), "static").items():
-        name = _hp_key(raw_name, f"static.{raw_name}")
+        where = _at("static", raw_name)
+        name = _hp_key(raw_name, where)
         if name in parameters:
-            raise SpecError(f"static.{raw_name}", "is also a tuned parameter; keep it in one place")
-        if isinstance(value, (list, dict)) or value is None:
-            raise SpecError(f"static.{raw_name}", f"expected one value, got {value!r}")
-        value = _yaml_value(name, value, f"static.{raw_name}")
-        if len(_text(value)) > MAX_HYPERPARAMETER_VALUE_LENGTH:
-            raise SpecError(f"static.{raw_name}", f"longer than {MAX_HYPERPARAMETER_VALUE_LENGTH} characters")
-        _check_value(name, value, f"static.{raw_name}")
+            raise SpecError(where, "is also a tuned parameter; keep it in one place")
+        if name in static:
+            raise SpecError(where, f"same hyperparameter as {name}")
+        _one_value(value, where)
+        value = _yaml_value(name, value, where)
+        if isinstance(value, str) and len(value) > MAX_HYPERPARAMETER_VALUE_LENGTH:  # numbers are short once in range
+            raise SpecError(where, f"longer than {MAX_HYPERPARAMETER_VALUE_LENGTH} characters")
+        _check_value(name, value, where)
         static[name] = value
 
     budget = _mapping(data.get("budget"), "budget", _BUDGET_KEYS)

@@ -7,11 +7,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .errors import UserError
+from .metrics import brief, brief_text
 from .names import BACKBONE_NAMES, is_rule_param
+
+MAX_TEXT_LENGTH = 4095   # longest text value: Linux's PATH_MAX less its NUL (SageMaker itself sends at most 2500)
+MAX_PATH_COMPONENT = 255  # bytes in one file or folder name (NAME_MAX): a longer one fails every file call
+PATH_FIELDS = ("weights", "checkpoint_dir")  # values that name a file or folder (weights: unless imagenet or none)
 
 
 def _hp(default, help: str, *, low=None, high=None, choices=None, kind=None):
@@ -76,22 +83,65 @@ def _canonical(name: str) -> str:
     return name.replace("-", "_")
 
 
+def _integer(value) -> int | float:
+    """An integer from an int, 3.0 or "3"; beyond every range (1e400, 10**400, "inf") it is ±inf, which
+    the range check refuses by name. TypeError or ValueError for anything else (True, 2.5, nan, "three")."""
+    if isinstance(value, bool):
+        raise TypeError(value)
+    if isinstance(value, int):
+        return value
+    number = float(value)
+    if math.isinf(number):
+        return number
+    if not number.is_integer():
+        raise ValueError(value)
+    return int(number)
+
+
+def _number(value) -> float:
+    """A float from a number or its text; an int too large for a float is ±inf (out of range)."""
+    if isinstance(value, bool):
+        raise TypeError(value)
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def _check_path(shown: str, path: str) -> None:
+    """A path every file call can take; otherwise its first use fails with an error that names no hyperparameter."""
+    try:
+        encoded = os.fsencode(path)
+    except UnicodeEncodeError:  # a lone surrogate, e.g. from JSON's "\\ud800"
+        raise UserError(f"hyperparameter {shown}: the path has characters no file name can hold") from None
+    if b"\0" in encoded:
+        raise UserError(f"hyperparameter {shown}: a path cannot contain a NUL character")
+    if len(encoded) > MAX_TEXT_LENGTH:
+        raise UserError(f"hyperparameter {shown}: the path is {len(encoded)} bytes; at most {MAX_TEXT_LENGTH}")
+    longest = max(len(part) for part in encoded.split(b"/"))
+    if longest > MAX_PATH_COMPONENT:
+        raise UserError(f"hyperparameter {shown}: a path component is {longest} bytes; at most {MAX_PATH_COMPONENT}")
+
+
 def _coerce(name: str, f: dataclasses.Field, value: Any) -> Any:
     meta = f.metadata
     kind = meta["kind"] or type(f.default)
     shown = hp_name(name)
+    if isinstance(value, (list, tuple, dict, set)):  # JSON in SM_HPS, or a spec value: one value per hyperparameter
+        raise UserError(f"hyperparameter {shown}: expected one value, got {brief(value)}")
+    if isinstance(value, str) and len(value) > MAX_TEXT_LENGTH:
+        raise UserError(f"hyperparameter {shown}: {len(value)} characters; at most {MAX_TEXT_LENGTH}")
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null", "auto") and f.default is None):
         return None
     if kind == "weights":
         value = str(value).strip()
-        return value.lower() if value.lower() in ("imagenet", "none") else value
+        if value.lower() in ("imagenet", "none"):
+            return value.lower()
     if kind == "finetune":
         value = str(value).strip().lower()
-        if value in ("head", "all"):
+        if value in ("head", "all") or (value.isascii() and value.isdigit()):  # isdigit alone takes "²", which int() refuses
             return value
-        if value.lstrip("-").isdigit() and int(value) >= 0:
-            return value
-        raise UserError(f"hyperparameter {shown}: expected head, all or a number of stages, got {value!r}")
+        raise UserError(f"hyperparameter {shown}: expected head, all or a number of stages, got {brief(value)}")
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -100,25 +150,22 @@ def _coerce(name: str, f: dataclasses.Field, value: Any) -> Any:
             return True
         if text in ("false", "0", "no", "off"):
             return False
-        raise UserError(f"hyperparameter {shown}: expected true or false, got {value!r}")
+        raise UserError(f"hyperparameter {shown}: expected true or false, got {brief(value)}")
     try:
         if kind is int:
-            number = float(value) if not isinstance(value, bool) else None
-            if number is None or number != int(number):
-                raise ValueError
-            value = int(number)
+            value = _integer(value)
         elif kind is float:
-            if isinstance(value, bool):
-                raise ValueError
-            value = float(value)
+            value = _number(value)
         else:
             value = str(value).strip()
     except (TypeError, ValueError):
-        raise UserError(f"hyperparameter {shown}: expected {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+        raise UserError(f"hyperparameter {shown}: expected {'an integer' if kind is int else 'a number'}, got {brief(value)}") from None
     if meta["choices"] and value not in meta["choices"]:
-        raise UserError(f"hyperparameter {shown}: {value!r} is not one of {', '.join(meta['choices'])}")
+        raise UserError(f"hyperparameter {shown}: {brief(value)} is not one of {', '.join(meta['choices'])}")
     if meta["low"] is not None and not (meta["low"] <= value <= meta["high"]):
-        raise UserError(f"hyperparameter {shown}: {value} is out of range [{meta['low']}, {meta['high']}]")
+        raise UserError(f"hyperparameter {shown}: {brief(value)} is out of range [{meta['low']}, {meta['high']}]")
+    if name in PATH_FIELDS:
+        _check_path(shown, value)
     return value
 
 
@@ -134,9 +181,9 @@ def parse_hyperparameters(raw: Mapping[str, Any]) -> HyperParameters:
         key = _canonical(name)
         if key not in FIELDS:
             known = [hp_name(n) for n in FIELDS]
-            close = difflib.get_close_matches(hp_name(key), known, n=1)
+            close = difflib.get_close_matches(hp_name(key), known, n=1) if len(key) <= 100 else []
             hint = f"did you mean {close[0]}? " if close else ""
-            raise UserError(f"hyperparameter {name}: unknown name; {hint}known names are {', '.join(known)}")
+            raise UserError(f"hyperparameter {brief_text(str(name))}: unknown name; {hint}known names are {', '.join(known)}")
         values[key] = _coerce(key, FIELDS[key], value)
     if rule_overrides:
         from .insights.rules import validate_rule_params  # numpy: only for jobs that override a rule

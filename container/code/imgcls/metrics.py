@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import reprlib
 import unicodedata
 from typing import Iterable
 
@@ -40,6 +41,41 @@ def printable(text: object) -> str:
     """
     return "".join(_escape(ch) if ch == "=" or unicodedata.category(ch)[0] == "C" or unicodedata.category(ch) in ("Zl", "Zp")
                    else ch for ch in str(text))
+
+
+BRIEF_LENGTH = 60  # characters of a user's value quoted in a message: enough to recognise it
+
+
+class _BriefRepr(reprlib.Repr):
+    """reprlib cuts long strings and big or deep containers while formatting them, so a value that
+    shares one list a billion times (a YAML alias bomb) is never expanded."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.maxlevel, self.maxlist, self.maxtuple, self.maxdict, self.maxset, self.maxfrozenset = 2, 4, 4, 4, 4, 4
+        self.maxstring = self.maxlong = self.maxother = limit
+
+    def repr_int(self, x, level):
+        if x.bit_length() > 4 * self.maxlong:  # repr() of a huge int is slow, and refused past 4300 digits
+            return f"<an integer of about {int(x.bit_length() * 0.30103) + 1} digits>"
+        return super().repr_int(x, level)
+
+    def repr_bytes(self, x, level):
+        return repr(x[:self.maxstring]) + ("..." if len(x) > self.maxstring else "")
+
+
+_BRIEF = _BriefRepr(BRIEF_LENGTH)
+
+
+def brief_text(text: str, limit: int = BRIEF_LENGTH) -> str:
+    """User text for a one-line message: printable() and at most `limit` characters (a cut ends in "...")."""
+    shown = printable(text[:limit + 1])
+    return shown if len(shown) <= limit else shown[:limit - 3] + "..."
+
+
+def brief(value: object, limit: int = BRIEF_LENGTH) -> str:
+    """A user's value for a one-line message: its repr, bounded before it is built, then as brief_text."""
+    return brief_text(_BRIEF.repr(value), limit)
 
 
 def metric_values(line: str, definitions: list[dict] = METRIC_DEFINITIONS) -> dict[str, float]:

@@ -65,10 +65,17 @@ def _job_arguments(p, what: str) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the exact request (boto3 names) after validation; send nothing")
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows real defaults only: an option without one says in its help what happens."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def add_aws_parser(sub) -> None:
     aws = sub.add_parser("aws", help=HELP, description=f"imgcls on SageMaker: {HELP}.")
     cmds = aws.add_subparsers(dest="aws_command", metavar="COMMAND", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _DefaultsHelpFormatter
 
     p = cmds.add_parser("train", help="start a training job on the image", formatter_class=fmt)
     _job_arguments(p, "training")

@@ -75,22 +75,27 @@ class Moto:
         self.log.close()
 
 
-def aws_env(monkeypatch, moto: Moto, tmp_path: Path) -> None:
-    """Dummy credentials, moto as every AWS endpoint, nothing read from ~/.aws. imgcls.cli.main
-    points logging at the sys.stderr of the moment (pytest's capture): put it back afterwards."""
+def clean_aws_env(monkeypatch, tmp_path: Path) -> None:
+    """No AWS_* or imgcls role/bucket variable, nothing read from ~/.aws. imgcls.cli.main points
+    logging at the sys.stderr of the moment (pytest's capture): put it back afterwards."""
     import logging
     monkeypatch.setattr(logging.root, "handlers", list(logging.root.handlers))
     monkeypatch.setattr(logging.root, "level", logging.root.level)
     for name in list(os.environ):
         if name.startswith("AWS_") or name in ("IMGCLS_SAGEMAKER_ROLE", "IMGCLS_BUCKET"):
             monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+
+
+def aws_env(monkeypatch, moto: Moto, tmp_path: Path) -> None:
+    """Dummy credentials, moto as every AWS endpoint, nothing read from ~/.aws."""
+    clean_aws_env(monkeypatch, tmp_path)
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto.url)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_REGION", REGION)
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("IMGCLS_AWS_POLL_S", "0.05")
 

@@ -130,9 +130,25 @@ def test_role_bucket_and_region_are_found_the_usual_way(moto, capsys, monkeypatc
     boto3.client("s3").head_bucket(Bucket=default_bucket)
 
     monkeypatch.setenv("IMGCLS_BUCKET", BUCKET)
-    rc, out, err = run(capsys, *base[:-1], "dogs-4", "--region", "eu-west-1", "--dry-run")
+    eu_image = IMAGE.replace(REGION, "eu-west-1")
+    rc, out, err = run(capsys, base[0], base[1], eu_image, *base[3:-1], "dogs-4", "--region", "eu-west-1", "--dry-run")
     assert rc == 0, err
     assert json.loads(out)["OutputDataConfig"]["S3OutputPath"] == f"s3://{BUCKET}/imgcls/training/"
+
+
+@pytest.mark.parametrize("bucket, message", [
+    ("Dogs_Data", "lowercase letters"), ("ab", "3 to 63 characters"), ("dogs..data", "two adjacent periods"),
+    ("192.168.5.4", "IP address"), ("xn--dogs", "reserved"), ("dogs-s3alias", "reserved"), ("x" * 5000, "3 to 63 characters")])
+def test_an_invalid_bucket_name_is_refused(moto, capsys, monkeypatch, bucket, message):
+    argv = ["train", "--image-uri", IMAGE, "--role", ROLE, "--train", f"s3://{BUCKET}/dogs/train/", "--job-name", "dogs-b"]
+    for how in ("flag", "env"):
+        if how == "env":
+            monkeypatch.setenv("IMGCLS_BUCKET", bucket)
+        rc, _, err = run(capsys, *argv, *(["--bucket", bucket] if how == "flag" else []), "--dry-run")
+        assert rc == 2 and message in err, err
+        assert ("--bucket '" if how == "flag" else "IMGCLS_BUCKET '") in err and "not a valid S3 bucket name" in err, err
+        assert len(err.strip().splitlines()) == 1 and len(err) < 300, err  # one line, the value shortened
+    assert moto.requests() == []
 
 
 def test_role_of_a_notebook_comes_from_its_assumed_role():
@@ -155,6 +171,20 @@ BAD_TRAIN = [
     (["--env", "1BAD=x"], "Environment key '1BAD'", "does not match"),
     (["--hp", "lr=11"], "hyperparameter lr", "out of range"),
     (["--hp", "batchsize=8"], "hyperparameter batchsize", "did you mean batch-size"),
+    # limits the service model leaves open (0 is there for instance groups and serverless training)
+    (["--instance-count", "0"], "ResourceConfig.InstanceCount", "0; at least 1 allowed"),
+    (["--volume-gb", "0"], "ResourceConfig.VolumeSizeInGB", "0; at least 1 allowed"),
+    (["--max-run", "2419201"], "StoppingCondition.MaxRuntimeInSeconds", "at most 2419200"),
+    (["--max-run", str(28_000_000 * 3600)], "StoppingCondition.MaxRuntimeInSeconds", "at most 2419200"),
+    (["--image-uri", "imgcls:latest"], "AlgorithmSpecification.TrainingImage", "not an ECR image URI"),
+    (["--image-uri", f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/Imgcls:1"], "AlgorithmSpecification.TrainingImage", "not an ECR image URI"),
+    (["--image-uri", f"{ACCOUNT}.dkr.ecr.eu-west-1.amazonaws.com/imgcls:1"], "AlgorithmSpecification.TrainingImage",
+     f"is in eu-west-1; SageMaker in {REGION}"),
+    (["--train", "s3://Dogs_Data/train/"], "InputDataConfig[0].DataSource.S3DataSource.S3Uri", "not a valid S3 bucket name"),
+    (["--pretrained", "s3://dogs..weights/resnet50.pth"], "InputDataConfig[1].DataSource.S3DataSource.S3Uri", "not a valid S3 bucket name"),
+    (["--role", "imgcls-role"], "--role 'imgcls-role'", "not an IAM role ARN"),  # the default bucket's account comes from it
+    (["--region", "us_east_1"], "--region 'us_east_1'", "not an AWS region"),
+    (["--region", "us-east-9"], "--region 'us-east-9'", "not an AWS region (did you mean us-east-"),
 ]
 
 
@@ -170,6 +200,7 @@ def test_dry_run_refuses_what_sagemaker_would(moto, capsys, extra, field, messag
     rc, out, err = run(capsys, "train", *argv, "--dry-run")
     assert rc == 2, (out, err)
     assert field in err and message in err, err
+    assert len(err.strip().splitlines()) == 1, err
     rc, out, err = run(capsys, "train", *argv)  # and without --dry-run nothing reaches AWS either
     assert rc == 2 and moto.requests() == []
 
@@ -274,20 +305,25 @@ def test_tune_hyperband_turns_training_early_stopping_off(moto, capsys, tmp_path
     (SPEC_HYPERBAND.replace("static: {epochs: 12, ", "static: {"), [], "static.epochs"),
     (SPEC_HYPERBAND, ["--warm-start", "a", "--warm-start", "b", "--warm-start", "c", "--warm-start", "d", "--warm-start", "e",
                       "--warm-start", "f"], "ParentHyperParameterTuningJobs: 6 entries; at most 5"),
+    (SPEC_HYPERBAND, ["--instance-count", "0"], "TrainingJobDefinition.HyperParameterTuningResourceConfig.InstanceCount: 0; at least 1"),
+    (SPEC_HYPERBAND, ["--volume-gb", "0"], "TrainingJobDefinition.HyperParameterTuningResourceConfig.VolumeSizeInGB: 0; at least 1"),
+    (SPEC_HYPERBAND, ["--max-run", "2419201"], "TrainingJobDefinition.StoppingCondition.MaxRuntimeInSeconds: 2419201 s; at most 2419200"),
+    (SPEC_HYPERBAND, ["--image-uri", IMAGE.replace(REGION, "eu-west-1")], "TrainingJobDefinition.AlgorithmSpecification.TrainingImage"),
 ])
 def test_tune_dry_run_refuses_what_sagemaker_would(moto, capsys, tmp_path, spec_text, extra, message):
     spec = tmp_path / "spec.yaml"
     spec.write_text(spec_text)
     rc, out, err = run(capsys, "tune", *TUNE_ARGS, "--spec", str(spec), *extra, "--dry-run")
     assert rc == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1, err
     assert moto.requests() == []
 
 
 def test_tuning_jobs_never_share_a_checkpoint():
     from imgcls_client.aws.training import JobSettings, tuning_job_request
     from imgcls_client.spec import load_spec
-    request = tuning_job_request("t", load_spec(), JobSettings(IMAGE, ROLE, {"train": "s3://b/t/"}, "s3://b/o/"))
-    request["TrainingJobDefinition"]["CheckpointConfig"] = {"S3Uri": "s3://b/ckpt/"}
+    request = tuning_job_request("t", load_spec(), JobSettings(IMAGE, ROLE, {"train": "s3://bkt/t/"}, "s3://bkt/o/"))
+    request["TrainingJobDefinition"]["CheckpointConfig"] = {"S3Uri": "s3://bkt/ckpt/"}
     with pytest.raises(RequestError, match="trials could share it and one resume another's checkpoint"):
         check_request("sagemaker", "CreateHyperParameterTuningJob", request)
 
@@ -352,6 +388,148 @@ def test_deploy_from_a_model_tar_serverless_dry_run(moto, capsys):
     assert moto.requests() == []
     rc, out, err = run(capsys, "deploy", "--model-data", f"s3://{BUCKET}/models/", "--image-uri", IMAGE, "--role", ROLE, "--dry-run")
     assert rc == 2 and "model.tar.gz" in err
+
+
+MODEL_TAR = f"s3://{BUCKET}/models/model.tar.gz"
+BAD_DEPLOY = [
+    (["--serverless-memory", "2048", "--network-isolation"], "--network-isolation", "serverless endpoints do not support network isolation"),
+    (["--serverless-memory", "2048", "--instance-type", "ml.c5.xlarge"], "--instance-type", "a serverless endpoint has no instances"),
+    (["--serverless-memory", "2048", "--instance-count", "2"], "--instance-count", "a serverless endpoint has no instances"),
+    (["--serverless-concurrency", "2"], "--serverless-concurrency", "only with --serverless-memory"),
+    (["--instance-count", "0"], "ProductionVariants[0].InitialInstanceCount", "0; at least 1"),
+    (["--image-uri", "docker.io/library/imgcls:1"], "CreateModel PrimaryContainer.Image", "not an ECR image URI"),
+    (["--image-uri", IMAGE.replace(REGION, "ap-south-1")], "CreateModel PrimaryContainer.Image", f"is in ap-south-1; SageMaker in {REGION}"),
+    (["--model-data", "s3://Models/model.tar.gz"], "CreateModel PrimaryContainer.ModelDataUrl", "not a valid S3 bucket name"),
+    (["--region", "eu-west-7x"], "--region 'eu-west-7x'", "not an AWS region"),
+]
+
+
+@pytest.mark.parametrize("extra, field, message", BAD_DEPLOY, ids=[b[1].split()[-1] + "-" + b[2][:12] for b in BAD_DEPLOY])
+def test_deploy_refuses_what_sagemaker_would(moto, capsys, extra, field, message):
+    argv = ["--model-data", MODEL_TAR, "--image-uri", IMAGE, "--name", "dogs-bad", "--role", ROLE]
+    for flag in ("--model-data", "--image-uri"):
+        if flag in extra:
+            i = argv.index(flag)
+            del argv[i:i + 2]
+    for dry_run in (["--dry-run"], []):
+        rc, out, err = run(capsys, "deploy", *argv, *extra, *dry_run)
+        assert rc == 2, (out, err)
+        assert field in err and message in err, err
+        assert len(err.strip().splitlines()) == 1, err
+    assert moto.requests() == []
+
+
+# ---------------------------------------------------------------- a dry run sends nothing
+
+class NoNetwork:
+    """Every connection made in this process is recorded and refused; AWS_ENDPOINT_URL points at a
+    local server that records any connection that reaches it all the same."""
+
+    def __init__(self, monkeypatch):
+        import socket
+        import threading
+        self.attempts: list = []
+        self.reached: list = []
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+        def connect(sock, address, *args):
+            self.attempts.append(address)
+            raise ConnectionRefusedError(f"test: no network ({address})")
+
+        def connect_ex(sock, address):
+            self.attempts.append(address)
+            return 111  # ECONNREFUSED
+
+        def create_connection(address, *args, **kwargs):
+            self.attempts.append(address)
+            raise ConnectionRefusedError(f"test: no network ({address})")
+        monkeypatch.setattr(socket.socket, "connect", connect)
+        monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+        monkeypatch.setattr(socket, "create_connection", create_connection)
+
+    def _accept(self):
+        try:
+            while True:
+                conn, peer = self.server.accept()
+                self.reached.append(peer)
+                conn.close()
+        except OSError:  # closed
+            pass
+
+    def close(self):
+        self.server.close()
+
+
+@pytest.fixture
+def no_network(monkeypatch, tmp_path):
+    """No credentials, the region in the config file only, IMDS not turned off (botocore would
+    probe it for credentials), and no connection possible."""
+    from moto_aws import clean_aws_env
+    clean_aws_env(monkeypatch, tmp_path)
+    (tmp_path / "aws-config").write_text(f"[default]\nregion = {REGION}\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
+    guard = NoNetwork(monkeypatch)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", guard.url)
+    yield guard
+    guard.close()
+
+
+DRY_RUNS = {  # every command with --dry-run (the test checks this list against the parser)
+    "train": [["--image-uri", IMAGE, "--role", ROLE, "--train", f"s3://{BUCKET}/dogs/train/", "--job-name", "dogs-dry",
+               "--spot", "--tensorboard", "--network-isolation", "--dry-run"]],
+    "tune": [["--image-uri", IMAGE, "--role", ROLE, "--train", f"s3://{BUCKET}/dogs/train/", "--job-name", "dogs-dry", "--dry-run"]],
+    "deploy": [["--model-data", MODEL_TAR, "--image-uri", IMAGE, "--role", ROLE, "--name", "dogs-dry", "--dry-run"],
+               ["--training-job", "dogs-1", "--role", ROLE, "--name", "dogs-dry", "--autoscale", "1:3", "--dry-run"],
+               ["--training-job", "dogs-1", "--image-uri", IMAGE, "--role", ROLE, "--serverless-memory", "2048", "--dry-run"]],
+}
+# what only AWS could tell (the caller's role): refused, naming the flag, rather than asked
+DRY_RUNS_WITHOUT_ROLE = [["train", *DRY_RUNS["train"][0][:2], *DRY_RUNS["train"][0][4:]],
+                         ["tune", *DRY_RUNS["tune"][0][:2], *DRY_RUNS["tune"][0][4:]],
+                         ["deploy", "--model-data", MODEL_TAR, "--image-uri", IMAGE, "--dry-run"]]
+
+
+def dry_run_commands() -> list[str]:
+    import argparse
+
+    from imgcls_client.aws.cli import add_aws_parser
+
+    def subcommands(parser):
+        return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    top = argparse.ArgumentParser()
+    add_aws_parser(top.add_subparsers())
+    return sorted(name for name, p in subcommands(subcommands(top)["aws"]).items()
+                  if any("--dry-run" in a.option_strings for a in p._actions))
+
+
+def test_every_dry_run_sends_nothing(no_network, capsys):
+    assert dry_run_commands() == sorted(DRY_RUNS), "a new --dry-run command: add it to DRY_RUNS"
+    printed = {}
+    for command, runs in DRY_RUNS.items():
+        for argv in runs:
+            rc, out, err = run(capsys, command, *argv)
+            assert rc == 0, (command, argv, err)
+            printed.setdefault(command, []).append((json.loads(out), err))
+    for argv in DRY_RUNS_WITHOUT_ROLE:
+        rc, out, err = run(capsys, *argv)
+        assert rc == 2 and "--dry-run needs --role" in err and len(err.strip().splitlines()) == 1, err
+    assert no_network.attempts == [] and no_network.reached == []
+
+    # the default bucket's account comes from the role ARN, not from STS
+    train = printed["train"][0][0]
+    assert train["OutputDataConfig"]["S3OutputPath"] == f"s3://sagemaker-{REGION}-{ACCOUNT}/imgcls/training/"
+    # a training job's model and image are known to AWS only: placeholders that say so
+    (deploy, err), (serverless, _) = printed["deploy"][1:]
+    container = deploy["CreateModel"]["PrimaryContainer"]
+    assert "dogs-1" in container["ModelDataUrl"] and "only AWS can tell" in container["ModelDataUrl"]
+    assert "dogs-1" in container["Image"] and "only AWS can tell" in container["Image"]
+    assert "placeholder" in err and "--model-data" in err
+    assert serverless["CreateModel"]["PrimaryContainer"]["Image"] == IMAGE
+
+    # the guard is real: a command that does need AWS tries to connect (here: IMDS, for credentials)
+    rc, out, err = run(capsys, "status", "dogs-1")
+    assert rc == 1 and no_network.attempts, err
 
 
 def stubbed(monkeypatch, **clients):
@@ -589,8 +767,8 @@ def test_results_pull_a_tuning_job_into_the_local_format(moto, capsys, tmp_path,
 
 
 @pytest.mark.parametrize("argv", [
-    ["tune", "--image-uri", IMAGE, "--role", ROLE, "--train", "s3://b/t/", "--output-path", "s3://b/o/", "--dry-run"],
-    ["train", "--image-uri", IMAGE, "--role", ROLE, "--train", "s3://b/t/", "--output-path", "s3://b/o/", "--dry-run"],
+    ["tune", "--image-uri", IMAGE, "--role", ROLE, "--train", "s3://bkt/t/", "--output-path", "s3://bkt/o/", "--dry-run"],
+    ["train", "--image-uri", IMAGE, "--role", ROLE, "--train", "s3://bkt/t/", "--output-path", "s3://bkt/o/", "--dry-run"],
     ["status", "dogs-8"],
 ])
 def test_commands_that_need_no_model_import_neither_torch_nor_the_sdk(moto, argv):

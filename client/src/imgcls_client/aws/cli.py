@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .hosting import DEFAULT_ENDPOINT_INSTANCE
+from .hosting import DEFAULT_ENDPOINT_INSTANCE, DEFAULT_SERVERLESS_CONCURRENCY
 from .training import DEFAULT_MAX_RUN_S, DEFAULT_TRAINING_INSTANCE
 
 HELP = "the SageMaker lifecycle: train, tune, results, deploy, invoke, status, logs, stop, delete"
@@ -65,10 +65,17 @@ def _job_arguments(p, what: str) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the exact request (boto3 names) after validation; send nothing")
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows real defaults only: an option without one says in its help what happens."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def add_aws_parser(sub) -> None:
     aws = sub.add_parser("aws", help=HELP, description=f"imgcls on SageMaker: {HELP}.")
     cmds = aws.add_subparsers(dest="aws_command", metavar="COMMAND", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _DefaultsHelpFormatter
 
     p = cmds.add_parser("train", help="start a training job on the image", formatter_class=fmt)
     _job_arguments(p, "training")
@@ -111,10 +118,13 @@ def add_aws_parser(sub) -> None:
     src.add_argument("--model-data", metavar="S3URI", help="a model.tar.gz (needs --image-uri)")
     p.add_argument("--image-uri", help="serving image (default: the training job's image)")
     p.add_argument("--name", help="endpoint, config and model name (default: imgcls-<time>)")
-    p.add_argument("--instance-type", default=DEFAULT_ENDPOINT_INSTANCE)
-    p.add_argument("--instance-count", type=int, default=1)
-    p.add_argument("--serverless-memory", type=int, metavar="MB", help="serverless endpoint with this much memory (1024-6144) instead of instances")
-    p.add_argument("--serverless-concurrency", type=int, default=5, metavar="N", help="serverless: most concurrent invocations")
+    # no argparse defaults here: a serverless endpoint refuses the instance flags, rather than dropping them
+    p.add_argument("--instance-type", help=f"endpoint instance type ({DEFAULT_ENDPOINT_INSTANCE} if not given)")
+    p.add_argument("--instance-count", type=int, help="initial instance count (1 if not given)")
+    p.add_argument("--serverless-memory", type=int, metavar="MB", help="serverless endpoint with this much memory (1024-6144) instead of instances "
+                                                                       "(no network isolation, no instance type or count)")
+    p.add_argument("--serverless-concurrency", type=int, metavar="N",
+                   help=f"serverless: most concurrent invocations ({DEFAULT_SERVERLESS_CONCURRENCY} if not given)")
     p.add_argument("--autoscale", metavar="MIN:MAX", help="scale the instance count between MIN and MAX on invocations per instance")
     p.add_argument("--target-invocations", type=float, default=100.0, metavar="N", help="autoscaling target: invocations per instance per minute")
     p.add_argument("--env", action="append", metavar="NAME=VALUE", help="container environment, e.g. IMGCLS_DEFAULT_TOP_K=3")

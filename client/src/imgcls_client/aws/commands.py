@@ -14,7 +14,7 @@ from imgcls.errors import UserError
 
 from . import hosting, training
 from .context import AwsContext
-from .validate import check_request
+from .validate import Placeholder, check_request, shown
 
 TRAINING_TERMINAL = ("Completed", "Failed", "Stopped")
 TUNING_TERMINAL = ("Completed", "Failed", "Stopped")
@@ -32,8 +32,9 @@ def timestamp() -> str:
 
 
 def context(args) -> AwsContext:
+    """A dry run's context is offline: it creates no AWS client, so nothing can be sent."""
     return AwsContext(region=getattr(args, "region", None), role_arn=getattr(args, "role", None),
-                      bucket_name=getattr(args, "bucket", None))
+                      bucket_name=getattr(args, "bucket", None), offline=getattr(args, "dry_run", False))
 
 
 def key_values(pairs: list[str] | None, what: str) -> dict[str, str]:
@@ -97,7 +98,7 @@ def budget_note(args, jobs: int = 1) -> str:
 
 def _checked_dry_run(ctx, args, operation: str, request: dict, cost: str) -> bool:
     """Validate the request; with --dry-run print it and say so (True), else make sure the bucket exists (False)."""
-    check_request("sagemaker", operation, request)
+    check_request("sagemaker", operation, request, region=ctx.region_name())
     _isolation_note(args)
     if args.dry_run:
         print_request({operation: request})
@@ -392,24 +393,14 @@ class LogTail:
 
 def cmd_deploy(args) -> int:
     ctx = context(args)
+    _refuse_serverless_conflicts(args)
     name = args.name or f"imgcls-{timestamp()}"
-    sm = ctx.client("sagemaker")
-    if args.training_job:
-        job = sm.describe_training_job(TrainingJobName=args.training_job)
-        if job["TrainingJobStatus"] != "Completed":
-            raise UserError(f"training job {args.training_job} is {job['TrainingJobStatus']}, not Completed: it has no model yet")
-        model_data = job["ModelArtifacts"]["S3ModelArtifacts"]
-        image = args.image_uri or job["AlgorithmSpecification"]["TrainingImage"]
-    else:
-        if not args.model_data or not args.image_uri:
-            raise UserError("deploy needs --training-job NAME, or --model-data s3://.../model.tar.gz with --image-uri URI")
-        model_data, image = args.model_data, args.image_uri
-    if not model_data.startswith("s3://") or not model_data.endswith(".tar.gz"):
-        raise UserError(f"--model-data {model_data!r}: expected the s3:// URI of a model.tar.gz")
+    model_data, image = _model_source(ctx, args)
+    given = {"instance_type": args.instance_type, "instance_count": args.instance_count,
+             "serverless_max_concurrency": args.serverless_concurrency}  # None: EndpointSettings' default
     settings = hosting.EndpointSettings(
-        instance_type=args.instance_type, instance_count=args.instance_count, serverless_memory_mb=args.serverless_memory,
-        serverless_max_concurrency=args.serverless_concurrency, environment=key_values(args.env, "--env"),
-        network_isolation=args.network_isolation)
+        serverless_memory_mb=args.serverless_memory, environment=key_values(args.env, "--env"),
+        network_isolation=args.network_isolation, **{k: v for k, v in given.items() if v is not None})
     requests = {
         "CreateModel": hosting.model_request(name, image, model_data, ctx.role(), settings),
         "CreateEndpointConfig": hosting.endpoint_config_request(name, name, settings),
@@ -417,25 +408,29 @@ def cmd_deploy(args) -> int:
     }
     autoscale = None
     if args.autoscale:
-        if args.serverless_memory is not None:
-            raise UserError("--autoscale: serverless endpoints scale by themselves")
         low, sep, high = args.autoscale.partition(":")
         if not sep or not low.isdigit() or not high.isdigit() or not 1 <= int(low) <= int(high):
-            raise UserError(f"--autoscale {args.autoscale!r}: expected MIN:MAX instance counts, 1 <= MIN <= MAX")
+            raise UserError(f"--autoscale {shown(args.autoscale)}: expected MIN:MAX instance counts, 1 <= MIN <= MAX")
         autoscale = {"RegisterScalableTarget": hosting.scalable_target_request(name, int(low), int(high)),
                      "PutScalingPolicy": hosting.scaling_policy_request(name, args.target_invocations)}
         requests.update(autoscale)
     for op, request in requests.items():
-        check_request("application-autoscaling" if op in ("RegisterScalableTarget", "PutScalingPolicy") else "sagemaker", op, request)
+        service = "application-autoscaling" if op in ("RegisterScalableTarget", "PutScalingPolicy") else "sagemaker"
+        check_request(service, op, request, region=ctx.region_name())
     if args.dry_run:
         print_request(requests)
+        unknown = [field for field, value in (("ModelDataUrl", model_data), ("Image", image)) if isinstance(value, Placeholder)]
+        if unknown:
+            print(f"dry run: {' and '.join(unknown)}: placeholders for the training job's, which only AWS can tell "
+                  "(pass --model-data and --image-uri to see real values)", file=sys.stderr)
         return 0
+    sm = ctx.client("sagemaker")
     sm.create_model(**requests["CreateModel"])
     print(f"created model {name} ({image}, {model_data})")
     sm.create_endpoint_config(**requests["CreateEndpointConfig"])
     variant = requests["CreateEndpointConfig"]["ProductionVariants"][0]
     where = (f"serverless, {args.serverless_memory} MB" if args.serverless_memory is not None
-             else f"{args.instance_count} x {args.instance_type}")
+             else f"{settings.instance_count} x {settings.instance_type}")
     print(f"created endpoint config {name} (variant {variant['VariantName']}, {where})")
     sm.create_endpoint(**requests["CreateEndpoint"])
     print(f"created endpoint {name}")
@@ -450,6 +445,40 @@ def cmd_deploy(args) -> int:
         print(f"created autoscaling {args.autoscale} instances, target {args.target_invocations:g} invocations per instance per minute ({arn})")
     print(f"  invoke: imgcls aws invoke {name} IMAGE.jpg    remove: imgcls aws delete {name}")
     return 0
+
+
+def _refuse_serverless_conflicts(args) -> None:
+    """Flags a serverless endpoint cannot honour are refused, not dropped."""
+    if args.serverless_memory is None:
+        if args.serverless_concurrency is not None:
+            raise UserError("--serverless-concurrency: only with --serverless-memory (an endpoint on instances has no such limit)")
+        return
+    for flag, value in (("--instance-type", args.instance_type), ("--instance-count", args.instance_count)):
+        if value is not None:
+            raise UserError(f"{flag}: a serverless endpoint has no instances; leave it out, or drop --serverless-memory")
+    if args.autoscale:
+        raise UserError("--autoscale: serverless endpoints scale by themselves")
+    if args.network_isolation:
+        raise UserError("--network-isolation: serverless endpoints do not support network isolation; deploy on instances instead")
+
+
+def _model_source(ctx: AwsContext, args) -> tuple[str, str]:
+    """(model.tar.gz, image): --model-data with --image-uri, or the training job's. A dry run does not
+    ask AWS for the job: placeholders that say so stand in for what it does not know."""
+    if args.model_data:
+        if not args.image_uri:
+            raise UserError("--model-data needs --image-uri URI (the serving image)")
+        if not args.model_data.startswith("s3://") or not args.model_data.endswith(".tar.gz"):
+            raise UserError(f"--model-data {shown(args.model_data)}: expected the s3:// URI of a model.tar.gz")
+        return args.model_data, args.image_uri
+    job = args.training_job
+    if ctx.offline:
+        unknown = f"of training job {shown(job)}: only AWS can tell"
+        return Placeholder(f"<model.tar.gz {unknown}>"), args.image_uri or Placeholder(f"<training image {unknown}>")
+    described = ctx.client("sagemaker").describe_training_job(TrainingJobName=job)
+    if described["TrainingJobStatus"] != "Completed":
+        raise UserError(f"training job {shown(job)} is {described['TrainingJobStatus']}, not Completed: it has no model yet")
+    return described["ModelArtifacts"]["S3ModelArtifacts"], args.image_uri or described["AlgorithmSpecification"]["TrainingImage"]
 
 
 def wait_endpoint(sm, name: str) -> str:

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 VARIANT = "AllTraffic"  # the SDK's name for a single-variant endpoint
 DEFAULT_ENDPOINT_INSTANCE = "ml.m5.xlarge"
+DEFAULT_SERVERLESS_CONCURRENCY = 5
 SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 
 
@@ -13,7 +14,7 @@ class EndpointSettings:
     instance_type: str = DEFAULT_ENDPOINT_INSTANCE
     instance_count: int = 1
     serverless_memory_mb: int | None = None   # serverless instead of instances
-    serverless_max_concurrency: int = 5
+    serverless_max_concurrency: int = DEFAULT_SERVERLESS_CONCURRENCY
     environment: dict[str, str] = field(default_factory=dict)
     network_isolation: bool = False
 

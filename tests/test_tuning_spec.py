@@ -324,6 +324,7 @@ def test_a_huge_key_is_named_by_its_start(capsys, tmp_path, no_aws, text, messag
     ("parameters: {lr: {type: continuous, min: 0.001, max: 0.1}}\nbudget: {max_trials: 3, max_trials: 5}\n",
      "line 2: key max_trials appears twice in one mapping (first on line 2)"),
     ("parameters: {lr: {type: continuous, min: 0.001, max: 0.1, min: 0.01}}\n", "line 1: key min appears twice"),
+    ("parameters:\n  lr:\n    <<: {type: continuous, min: 0.001}\n    max: 0.1\n", "line 3: merge keys (<<) are not allowed in a spec"),
     ("parameters:\n  lr: &range {type: continuous, min: 0.001, max: 0.1}\n  head-lr: *range\n",
      "line 2: YAML anchors and aliases (&name, *name) are not allowed in a spec"),
     ("parameters: {lr: {type: continuous, min: 0.001, max: 0.1}}\nseed: " + "7" * 5000 + "\n", "line 2: cannot read this value"),

@@ -7,7 +7,8 @@ API (shared with `imgcls aws results`):
     write_results(out_dir, spec, rows)   # results.csv, results.md, best_hyperparameters.json, *.png
 
 Statuses: COMPLETE, PRUNED (stopped early by the study), FAIL (reason = the job's output/failure),
-RUNNING. The objective is the job's last value of spec.objective_metric (SageMaker's rule); the
+RUNNING, INTERRUPTED (a local attempt cut off by a stopped controller, run again on resume; not
+counted as a trial). The objective is the job's last value of spec.objective_metric (SageMaker's rule); the
 curve is that metric's per-epoch counterpart (valid_loss for best_valid_loss), one point per epoch.
 Figures are drawn on matplotlib's Agg canvas (no pyplot, no display).
 """
@@ -48,6 +49,18 @@ def curve_metric(objective_metric: str) -> str:
     return objective_metric.removeprefix("best_")
 
 
+def trial_counts(rows: list[TrialResult]) -> str:
+    """'4 trials (3 complete, 1 pruned)': what the budget counts; interrupted attempts are named apart."""
+    counted = [r for r in rows if r.status != "INTERRUPTED"]
+    by_status = ", ".join(f"{sum(r.status == s for r in counted)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")
+                          if any(r.status == s for r in counted))
+    text = f"{len(counted)} trials" + (f" ({by_status})" if by_status else "")
+    interrupted = len(rows) - len(counted)
+    if interrupted:
+        text += f" and {interrupted} interrupted attempt{'s' if interrupted > 1 else ''} (run again, not counted)"
+    return text
+
+
 def best_trial(spec: TuningSpec, rows: list[TrialResult]) -> TrialResult | None:
     done = [r for r in rows if r.status == "COMPLETE" and r.objective is not None]
     if not done:
@@ -86,9 +99,7 @@ def write_results(out: str | Path, spec: TuningSpec, rows: list[TrialResult], pl
     best = best_trial(spec, rows)
     direction = "lowest" if spec.direction == "minimize" else "highest"
     lines = [f"# Tuning results: {spec.objective_metric} ({direction} is best)", "",
-             f"Strategy {spec.strategy}, early stopping {spec.early_stopping}; {len(rows)} trials: "
-             + ", ".join(f"{sum(r.status == s for r in rows)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")
-                         if any(r.status == s for r in rows)) + ".", ""]
+             f"Strategy {spec.strategy}, early stopping {spec.early_stopping}; {trial_counts(rows)}.", ""]
     md_rows = [["**" + _fmt(v) + "**" if best is not None and r is best and v not in (None, "") else _fmt(v) for v in row]
                for r, row in zip(rows, table)]
     lines.append("| " + " | ".join(header) + " |")
@@ -116,7 +127,7 @@ def _write(path: Path, text: str) -> Path:
 
 # ---------------------------------------------------------------- plots
 
-_COLOURS = {"COMPLETE": "tab:blue", "PRUNED": "tab:orange", "FAIL": "tab:red", "RUNNING": "tab:gray"}
+_COLOURS = {"COMPLETE": "tab:blue", "PRUNED": "tab:orange", "FAIL": "tab:red", "RUNNING": "tab:gray", "INTERRUPTED": "tab:gray"}
 
 
 def _canvas(fig, path: Path) -> Path:

@@ -1,8 +1,11 @@
 """Local studies: one controller process owns an Optuna study; every trial is a real `imgcls train` run.
 
 - Storage: SQLite in --out (study.db), written by this controller only; a lock file keeps a second
-  controller off the same folder. Killed at any moment, the same command resumes: a trial left
-  RUNNING by the killed controller is marked failed ("interrupted") and run again with the same values.
+  controller off the same folder. Killed at any moment, the same command resumes. A trial left
+  RUNNING by the killed controller is recorded from its folder when it trained to the end (its model
+  or its failure file was written); any other is marked interrupted, not counted against the budget,
+  and run again with the same values. A seeded sampler gets seed + trials already in the study, so a
+  resumed study does not draw the values its earlier sessions drew.
 - Trials: each in its own process with its own folder (trials/NNNN: log.txt, model/, output/ with
   the failure file and checkpoints/), so no checkpoint is ever shared. Started by forking a warm
   zygote (imgcls_client.zygote) or, with fork=False, as a fresh `python -m imgcls train`.
@@ -29,8 +32,9 @@ from pathlib import Path
 
 from imgcls.errors import UserError
 from imgcls.metrics import METRIC_DEFINITIONS, last_values, metric_values
+from imgcls.names import CONFIG_FILE
 
-from .results import TrialResult, best_trial, curve_metric, write_results
+from .results import TrialResult, best_trial, curve_metric, trial_counts, write_results
 from .spec import TuningSpec, as_hyperparameter_text, grid_points
 
 STUDY_NAME = "imgcls"
@@ -79,11 +83,15 @@ def make_pruner(spec: TuningSpec):
     return optuna.pruners.NopPruner()
 
 
-def make_sampler(spec: TuningSpec):
+def make_sampler(spec: TuningSpec, trials_so_far: int = 0):
+    """The spec's sampler. A seeded one restarts its random stream in every session, so a resumed study
+    seeds it with seed + trials_so_far: every session that drew values created trials, so no two
+    sessions share a stream (and none re-draws an earlier session's values)."""
     import optuna
+    seed = None if spec.seed is None else spec.seed + trials_so_far
     if spec.strategy == "Bayesian":
-        return optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=min(10, max(2, spec.max_trials // 4)))
-    return optuna.samplers.RandomSampler(seed=spec.seed)  # Random, Hyperband; Grid's points are enqueued in order
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, spec.max_trials // 4)))
+    return optuna.samplers.RandomSampler(seed=seed)  # Random, Hyperband; Grid's points are enqueued in order
 
 
 def distributions(spec: TuningSpec) -> dict:
@@ -124,6 +132,28 @@ def draw_trial_report(trial_output: Path) -> Path | None:
         return None
     done = subprocess.run([sys.executable, "-m", "imgcls", "report", str(data)], capture_output=True, text=True)  # noqa: S603 - imgcls report on our own trial folder
     return data / "report.html" if done.returncode == 0 else None
+
+
+def trial_folder(out: Path, number: int) -> Path:
+    return out / "trials" / f"{number:04d}"
+
+
+def training_ended(trial_dir: Path) -> int | None:
+    """How a trial whose exit nobody saw ended, from its folder: 0 when it wrote its model (the last
+    thing training writes), 1 when it wrote its failure file, None when it was still training."""
+    if (trial_dir / "output" / "failure").exists():
+        return 1
+    if (trial_dir / "model" / CONFIG_FILE).exists():
+        return 0
+    return None
+
+
+def _epoch_point(line: str, metric: str) -> tuple[int, float | None] | None:
+    """(epoch, the metric's value or None) for an `epoch=N/M ...` line, None for any other line."""
+    m = _EPOCH.match(line)
+    if not m:
+        return None
+    return int(m.group(1)), metric_values(line, METRIC_DEFINITIONS).get(metric)
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -291,8 +321,9 @@ class Study:
         self.threads = int(pinned) if pinned.isdigit() and int(pinned) > 0 else max(1, (os.cpu_count() or 1) // spec.max_parallel)
         storage = optuna.storages.RDBStorage(f"sqlite:///{self.out / 'study.db'}", engine_kwargs={"connect_args": {"timeout": 30}})
         direction = spec.direction
-        existing = [s.study_name for s in optuna.study.get_all_study_summaries(storage)]
-        self.study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction=direction, sampler=make_sampler(spec),
+        existing = {s.study_name: s.n_trials for s in optuna.study.get_all_study_summaries(storage)}
+        self.study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction=direction,
+                                         sampler=make_sampler(spec, trials_so_far=existing.get(STUDY_NAME, 0)),
                                          pruner=make_pruner(spec), load_if_exists=True)
         fingerprint = _spec_fingerprint(spec)
         if STUDY_NAME not in existing:
@@ -300,19 +331,57 @@ class Study:
         elif self.study.user_attrs.get("spec") != fingerprint:
             raise UserError(f"{self.out} holds a study of another spec (objective, strategy, parameters or static values differ); "
                             "use another --out, or the spec it was started with")
+        self.recorded: list[TrialResult] = []  # trials that had ended unseen, recorded on resume
         self.resumed = self._recover_interrupted()
 
     def _recover_interrupted(self) -> int:
-        """Trials a killed controller left RUNNING: mark them failed and queue their values again."""
+        """Trials a killed controller left RUNNING: record those that ended (or were pruned) from their
+        folders; mark the others interrupted (FAIL, not counted) and queue their values again."""
         T = self.optuna.trial.TrialState
         count = 0
         for t in self.study.get_trials(deepcopy=False, states=(T.RUNNING,)):
-            self.study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-            self.study._storage.set_trial_user_attr(t._trial_id, "failure", "interrupted: the study controller stopped; run again")
+            if self._record_from_folder(t):
+                self.recorded.append(_result(self.study.trials[t.number], self.spec))
+                continue
+            self._set_attrs(t, interrupted=True, failure="interrupted: the study controller stopped; run again")
             self.study.tell(t.number, state=T.FAIL)
             self.study.enqueue_trial(t.params, user_attrs={"rerun_of": t.number})
             count += 1
         return count
+
+    def _record_from_folder(self, t) -> bool:
+        """Tell the study how trial t ended when it trained to the end (its folder says so) or the killed
+        controller had already decided to stop it (pruned, out of time); False when it was still training."""
+        trial_dir = trial_folder(self.out, t.number)
+        pruned_at, stop_reason = t.user_attrs.get("pruned_at"), t.user_attrs.get("stop_reason", "")
+        code = training_ended(trial_dir)
+        if code is None and not stop_reason:
+            return False
+        log = trial_dir / "log.txt"
+        lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+        points = [p for p in (_epoch_point(line, curve_metric(self.spec.objective_metric)) for line in lines) if p is not None]
+        points = [p for p in points if pruned_at is None or p[0] <= pruned_at]  # what the pruner saw, as in _read_log
+        curve = [(epoch, value) for epoch, value in points if value is not None]
+        for epoch, value in curve:  # epochs the controller did not see: the pruner weighs later trials against them
+            if epoch not in t.intermediate_values:
+                self.study._storage.set_trial_intermediate_value(t._trial_id, epoch, value)
+        state, objective, reason, values = self._outcome(trial_dir, lines, code, pruned_at, stop_reason)
+        seconds = log.stat().st_mtime - t.datetime_start.timestamp() if log.exists() and t.datetime_start else None
+        self._set_attrs(t, seconds=None if seconds is None else round(seconds, 2), epochs=points[-1][0] if points else 0,
+                        curve=curve, metrics=values, **({"failure": reason} if reason else {}))
+        self._tell(t.number, state, objective)
+        return True
+
+    def _set_attrs(self, t, **attrs) -> None:
+        """User attributes of a trial this session did not ask for (a FrozenTrial)."""
+        for key, value in attrs.items():
+            self.study._storage.set_trial_user_attr(t._trial_id, key, value)
+
+    def _tell(self, trial, state, objective: float | None) -> None:
+        if state == self.optuna.trial.TrialState.COMPLETE:
+            self.study.tell(trial, objective)
+        else:
+            self.study.tell(trial, state=state)
 
     def _counted(self) -> int:
         T = self.optuna.trial.TrialState
@@ -333,7 +402,7 @@ class Study:
         if self.spec.strategy == "Grid" and not self.study.get_trials(deepcopy=False, states=(T.WAITING,)):
             self.study.enqueue_trial(self._next_grid_point())
         trial = self.study.ask(distributions(self.spec))
-        trial_dir = self.out / "trials" / f"{trial.number:04d}"
+        trial_dir = trial_folder(self.out, trial.number)
         trial_dir.mkdir(parents=True, exist_ok=True)
         hps = as_hyperparameter_text({**self.spec.fixed_hyperparameters(), **trial.params})
         trial.set_user_attr("dir", str(trial_dir.relative_to(self.out)))
@@ -358,22 +427,23 @@ class Study:
         per_epoch = curve_metric(self.spec.objective_metric)
         for line in complete:
             run.lines.append(line)
-            m = _EPOCH.match(line)
-            if not m or run.pruned_at is not None:
+            point = _epoch_point(line, per_epoch)
+            if point is None or run.pruned_at is not None:
                 continue
-            epoch = int(m.group(1))
+            epoch, value = point
             run.epochs = epoch
-            value = metric_values(line, METRIC_DEFINITIONS).get(per_epoch)
             if value is None:
                 continue
             run.curve.append((epoch, value))
             run.trial.report(value, epoch)
             if run.trial.should_prune():
                 run.pruned_at = epoch
+                run.trial.set_user_attr("pruned_at", epoch)
                 self._stop(run, f"pruned after epoch {epoch}")
 
     def _stop(self, run: Running, reason: str) -> None:
         run.stop_reason = reason
+        run.trial.set_user_attr("stop_reason", reason)  # the decision is final: a resumed study records it, not re-runs
         run.term_sent = time.monotonic()
         try:
             os.kill(run.pid, signal.SIGTERM)
@@ -381,7 +451,6 @@ class Study:
             pass
 
     def _finish(self, run: Running, code: int) -> TrialResult:
-        T = self.optuna.trial.TrialState
         self._read_log(run)
         if run.partial:
             run.lines.append(run.partial)
@@ -390,31 +459,30 @@ class Study:
         trial.set_user_attr("seconds", round(seconds, 2))
         trial.set_user_attr("epochs", run.epochs)
         trial.set_user_attr("curve", run.curve)
-        values = last_values(run.lines, METRIC_DEFINITIONS)
+        state, objective, reason, values = self._outcome(run.dir, run.lines, code, run.pruned_at, run.stop_reason)
         trial.set_user_attr("metrics", values)
-        objective = values.get(self.spec.objective_metric)
-        reason = ""
-        if run.pruned_at is not None:
-            state = T.PRUNED
-            reason = run.stop_reason
-        elif run.stop_reason:
-            state, reason = T.FAIL, run.stop_reason
-        elif code != 0:
-            state = T.FAIL
-            failure = run.dir / "output" / "failure"
-            reason = failure.read_text().strip() if failure.exists() else (run.lines[-1] if run.lines else f"exit code {code}")
-        elif objective is None or not math.isfinite(objective):
-            state = T.FAIL
-            reason = f"no {self.spec.objective_metric} in the log (SageMaker: the job did not emit its objective metric)"
-        else:
-            state = T.COMPLETE
         if reason:
             trial.set_user_attr("failure", reason)
-        if state == T.COMPLETE:
-            self.study.tell(trial, objective)
-        else:
-            self.study.tell(trial, state=state)
+        self._tell(trial, state, objective)
         return _result(self.study.trials[trial.number], self.spec)
+
+    def _outcome(self, trial_dir: Path, lines: list[str], code: int | None, pruned_at: int | None, stop_reason: str):
+        """(state, objective, reason, last metric values) of a trial that ended with exit code `code`
+        or was stopped by the study (stop_reason; pruned_at when pruned)."""
+        T = self.optuna.trial.TrialState
+        values = last_values(lines, METRIC_DEFINITIONS)
+        objective = values.get(self.spec.objective_metric)
+        if pruned_at is not None:
+            return T.PRUNED, objective, stop_reason, values
+        if stop_reason:
+            return T.FAIL, objective, stop_reason, values
+        if code != 0:
+            failure = trial_dir / "output" / "failure"
+            reason = failure.read_text().strip() if failure.exists() else (lines[-1] if lines else f"exit code {code}")
+            return T.FAIL, objective, reason, values
+        if objective is None or not math.isfinite(objective):
+            return T.FAIL, objective, f"no {self.spec.objective_metric} in the log (SageMaker: the job did not emit its objective metric)", values
+        return T.COMPLETE, objective, "", values
 
     # -------------------------------------------------------- the loop
 
@@ -423,6 +491,9 @@ class Study:
         deadline = time.monotonic() + self.spec.max_runtime_s if self.spec.max_runtime_s else math.inf
         launcher = ForkLauncher() if self.fork else ProcessLauncher()
         self.progress = Progress(budget, min(budget, self._counted()))
+        for result in self.recorded:
+            self.progress.line(f"resumed {self.out}: trial {result.trial} had finished before the controller stopped; recorded as "
+                               + _outcome_text(result, self.spec.objective_metric))
         if self.resumed:
             self.progress.line(f"resumed {self.out}: {self.resumed} interrupted trial(s) will run again")
         if isinstance(launcher, ForkLauncher):
@@ -463,7 +534,7 @@ class Study:
                     self._report(result)
                     unwritten = True
         finally:
-            for run in running.values():  # interrupted (Ctrl-C): these trials stay RUNNING and re-run on resume
+            for run in running.values():  # interrupted (Ctrl-C): these trials stay RUNNING; a resume records or re-runs them
                 try:
                     os.kill(run.pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -482,8 +553,7 @@ class Study:
         rows = self.results()
         best = best_trial(self.spec, rows)
         metric = self.spec.objective_metric
-        what = {"COMPLETE": f"complete: {metric}={result.objective:.6g}" if result.objective is not None else "complete",
-                "PRUNED": f"pruned at epoch {result.epochs}", "FAIL": f"failed: {result.reason}"}[result.status]
+        what = _outcome_text(result, metric)
         best_text = f"best so far: trial {best.trial} {metric}={best.objective:.6g}" if best else "no complete trial yet"
         self.progress.line(f"trial {result.trial} {what} ({result.seconds:.1f} s); {best_text}")
         self.progress.finished(best_text)
@@ -492,8 +562,13 @@ class Study:
         return [_result(t, self.spec) for t in self.study.get_trials(deepcopy=False) if t.state.name != "WAITING"]
 
 
+def _outcome_text(result: TrialResult, metric: str) -> str:
+    return {"COMPLETE": f"complete: {metric}={result.objective:.6g}" if result.objective is not None else "complete",
+            "PRUNED": f"pruned at epoch {result.epochs}", "FAIL": f"failed: {result.reason}"}[result.status]
+
+
 def _result(t, spec: TuningSpec) -> TrialResult:
-    status = t.state.name
+    status = "INTERRUPTED" if t.state.name == "FAIL" and t.user_attrs.get("interrupted") else t.state.name
     objective = t.value if status == "COMPLETE" else t.user_attrs.get("metrics", {}).get(spec.objective_metric)
     return TrialResult(trial=str(t.number), params=dict(t.params), objective=objective, status=status,
                        epochs=t.user_attrs.get("epochs"), seconds=t.user_attrs.get("seconds"),
@@ -514,12 +589,11 @@ def run_study(spec: TuningSpec, data: Path, out: Path, fork: bool = True) -> lis
     rows = study.run()
     written = write_results(out, spec, rows)
     best = best_trial(spec, rows)
-    counts = ", ".join(f"{sum(r.status == s for r in rows)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL") if any(r.status == s for r in rows))
-    print(f"study {out}: {len(rows)} trials ({counts}) in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    print(f"study {out}: {trial_counts(rows)} in {time.monotonic() - started:.0f} s", file=sys.stderr)
     if best is not None:
         print(f"best: trial {best.trial} {spec.objective_metric}={best.objective:.6g} "
               + " ".join(f"{k}={_short(v)}" for k, v in best.params.items()), file=sys.stderr)
-        report = draw_trial_report(out / "trials" / f"{int(best.trial):04d}" / "output")
+        report = draw_trial_report(trial_folder(out, int(best.trial)) / "output")
         if report is not None:
             print(f"best trial's insights report: {report} (another trial's: imgcls report {out / 'trials' / 'NNNN' / 'output'})",
                   file=sys.stderr)
